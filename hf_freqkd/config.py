@@ -1,0 +1,287 @@
+"""Configuration: ``DistillationConfig`` (a ``TrainingArguments``), the student and data arguments,
+and YAML + ``key=value`` command-line parsing through ``HfArgumentParser``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+from .methods.registry import build_methods, normalize_method_specs
+
+
+@dataclass
+class DistillationConfig(TrainingArguments):
+    r"""Training arguments of a distillation run: every ``TrainingArguments`` field, plus
+
+    Parameters that control the teacher:
+        teacher_model (`str`, *optional*):
+            timm model name, local folder (timm ``save_for_hf`` or transformers ``save_pretrained``),
+            ``hf-hub:`` timm id or transformers Hub id. Required unless every method is label-only
+            (``ce``) or a teacher module is given to the trainer.
+        teacher_checkpoint (`str`, *optional*):
+            Weights to load into the teacher: safetensors / torch file or an hf_freqkd output folder.
+        teacher_pretrained (`bool`, defaults to `False`):
+            Load the teacher's pretrained weights from its source (the Hub for timm names).
+        teacher_model_kwargs (`dict`, *optional*):
+            Extra keyword arguments for the teacher's constructor (timm ``create_model``).
+
+    Parameters that control the distillation:
+        methods (`dict`, defaults to `{"kd": {}}`):
+            Methods and their options, ``{name: {option: value}}``; ``hf-freqkd methods`` lists them.
+            ``ce`` (weight 1) is added when not listed: the ground-truth term stays in every run.
+        distill_warmup_steps (`int`, defaults to 0):
+            Linear warm-up of every distillation term: factor ``min(step / distill_warmup_steps, 1)``
+            with ``step`` = 1 for the first optimizer update. 0 disables it.
+        distill_warmup_epochs (`float`, defaults to 0):
+            The same warm-up counted in epochs (20 in the CIFAR reference recipes). Exclusive with
+            ``distill_warmup_steps``.
+
+    Parameters that control evaluation:
+        eval_top_k (`int`, defaults to 5): k of the reported top-k accuracy.
+
+    Parameters that control safety:
+        trust_remote_code (`bool`, defaults to `False`): allow transformers models whose code lives
+            on the Hub. Off unless you turn it on.
+    """
+
+    teacher_model: Optional[str] = field(default=None, metadata={"help": "Teacher source: timm name, folder or Hub id."})
+    teacher_checkpoint: Optional[str] = field(default=None, metadata={"help": "Weights file or folder for the teacher."})
+    teacher_pretrained: bool = field(default=False, metadata={"help": "Load the teacher's pretrained weights."})
+    teacher_model_kwargs: Optional[Union[dict, str]] = field(
+        default=None, metadata={"help": "Extra constructor keyword arguments for the teacher (YAML mapping)."}
+    )
+    methods: Union[dict, str] = field(
+        default_factory=lambda: {"kd": {}},
+        metadata={"help": "Distillation methods and options, e.g. {ce: {weight: 0.1}, kd: {weight: 0.9}}."},
+    )
+    distill_warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up of distillation terms, in steps."})
+    distill_warmup_epochs: float = field(default=0.0, metadata={"help": "Linear warm-up of distillation terms, in epochs."})
+    eval_top_k: int = field(default=5, metadata={"help": "k of the top-k accuracy reported at evaluation."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow Hub code for transformers models."})
+
+    def __post_init__(self) -> None:
+        self.methods = normalize_method_specs(_yaml_if_string(self.methods, "methods"))
+        # Build once to validate every option now, before any model, data or file is touched.
+        build_methods(self.methods)
+        self.teacher_model_kwargs = _yaml_if_string(self.teacher_model_kwargs, "teacher_model_kwargs") or {}
+        if self.distill_warmup_steps < 0:
+            raise ValueError(f"distill_warmup_steps = {self.distill_warmup_steps} is invalid: expected an integer >= 0")
+        if self.distill_warmup_epochs < 0 or not math.isfinite(self.distill_warmup_epochs):
+            raise ValueError(f"distill_warmup_epochs = {self.distill_warmup_epochs} is invalid: expected a number >= 0")
+        if self.distill_warmup_steps and self.distill_warmup_epochs:
+            raise ValueError("set distill_warmup_steps or distill_warmup_epochs, not both")
+        if self.eval_top_k < 1:
+            raise ValueError(f"eval_top_k = {self.eval_top_k} is invalid: expected an integer >= 1")
+        super().__post_init__()
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(method.uses_teacher for method in build_methods(self.methods))
+
+
+@dataclass
+class ModelArguments:
+    """The student network."""
+
+    student_model: str = field(
+        default="resnet8", metadata={"help": "Student source: timm name, local folder or Hub id."}
+    )
+    student_checkpoint: Optional[str] = field(default=None, metadata={"help": "Weights file or folder for the student."})
+    student_pretrained: bool = field(default=False, metadata={"help": "Start from the student's pretrained weights."})
+    student_model_kwargs: Optional[Union[dict, str]] = field(
+        default=None, metadata={"help": "Extra constructor keyword arguments for the student (YAML mapping)."}
+    )
+    num_classes: Optional[int] = field(
+        default=None, metadata={"help": "Number of classes; read from the dataset's label feature when unset."}
+    )
+
+    def __post_init__(self) -> None:
+        self.student_model_kwargs = _yaml_if_string(self.student_model_kwargs, "student_model_kwargs") or {}
+        if self.num_classes is not None and self.num_classes < 1:
+            raise ValueError(f"num_classes = {self.num_classes} is invalid: expected an integer >= 1")
+
+
+@dataclass
+class DataArguments:
+    """The dataset and its preprocessing."""
+
+    dataset: str = field(
+        default="digits", metadata={"help": "'digits' (bundled), a Hub id, an image folder or a .parquet path."}
+    )
+    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Configuration name of a Hub dataset."})
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_split: Optional[str] = field(
+        default=None, metadata={"help": "Split to evaluate on; 'validation' or 'test' when unset."}
+    )
+    image_column: Optional[str] = field(default=None, metadata={"help": "Image column; detected when unset."})
+    label_column: Optional[str] = field(default=None, metadata={"help": "Label column; detected when unset."})
+    image_size: Optional[int] = field(
+        default=None, metadata={"help": "Square input size; the student's pretrained config when unset."}
+    )
+    augmentation: str = field(
+        default="crop_flip", metadata={"help": "Training augmentation: crop_flip, crop, timm or none."}
+    )
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N training rows."})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
+
+    def __post_init__(self) -> None:
+        from .data.loading import AUGMENTATIONS
+
+        if self.augmentation not in AUGMENTATIONS:
+            raise ValueError(f"augmentation = {self.augmentation!r} is invalid: expected one of {', '.join(AUGMENTATIONS)}")
+        for name in ("image_size", "max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} = {value} is invalid: expected an integer >= 1")
+
+
+CONFIG_CLASSES = (DistillationConfig, ModelArguments, DataArguments)
+
+
+def _yaml_if_string(value: Any, name: str) -> Any:
+    if isinstance(value, str):
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise ValueError(f"{name} = {value!r} is not valid YAML: {error}") from None
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# YAML files and command-line overrides
+
+
+def read_yaml_config(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file '{path}' does not exist")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"config file '{path}' is not valid YAML: {error}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError(f"config file '{path}' must hold a mapping of key: value, not {type(values).__name__}")
+    return values
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key=value`` strings (value parsed as YAML); ``a.b.c=v`` sets a nested key."""
+    values = dict(values)
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        key = key.strip().lstrip("-")
+        if not sep or not key:
+            raise ValueError(f"override '{override}' is invalid: expected key=value, e.g. learning_rate=0.05")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise ValueError(f"override '{override}': value is not valid YAML: {error}") from None
+        *parents, leaf = key.split(".")
+        target = values
+        for i, part in enumerate(parents):
+            child = target.get(part)
+            if part == "methods" and i == 0 and child is not None:
+                child = normalize_method_specs(child)
+            child = dict(child) if isinstance(child, dict) else {}
+            target[part] = child
+            target = child
+        target[leaf] = value
+    return values
+
+
+def config_field_types() -> dict[str, Any]:
+    types_by_name: dict[str, Any] = {}
+    for cls in CONFIG_CLASSES:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.init:
+                types_by_name[f.name] = hints[f.name]
+    return types_by_name
+
+
+def check_config_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """Reject unknown keys (naming close matches) and convert numbers written as strings (``1e-3``)."""
+    field_types = config_field_types()
+    unknown = [key for key in values if key not in field_types]
+    if unknown:
+        own = [f.name for cls in CONFIG_CLASSES for f in dataclasses.fields(cls) if f.init and f.name not in _TRAINING_FIELDS]
+        messages = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, list(field_types), n=3, cutoff=0.6)
+            messages.append(f"'{key}'" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        raise ValueError(
+            f"unknown config key {', '.join(messages)}; valid keys are hf_freqkd's "
+            f"{', '.join(sorted(own))} and any transformers TrainingArguments field"
+        )
+    checked = {}
+    for key, value in values.items():
+        checked[key] = _check_value(key, value, field_types[key])
+    return checked
+
+
+_TRAINING_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
+
+
+def _check_value(key: str, value: Any, annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        simple = [a for a in args if a is not type(None)]
+        if len(simple) == 1:
+            return _check_value(key, value, simple[0])
+        return value
+    if annotation is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"config key '{key}' = {value!r} is invalid: expected a number")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"config key '{key}' = {value!r} is invalid: expected an integer")
+    if annotation is bool and not isinstance(value, bool):
+        raise ValueError(f"config key '{key}' = {value!r} is invalid: expected true or false")
+    if annotation is str and not isinstance(value, str):
+        raise ValueError(f"config key '{key}' = {value!r} is invalid: expected a string")
+    return value
+
+
+def parse_config(
+    config_path: str | Path | None = None, overrides: list[str] | None = None, defaults: dict[str, Any] | None = None
+) -> tuple[DistillationConfig, ModelArguments, DataArguments]:
+    """YAML file (optional) + ``key=value`` overrides -> the three argument dataclasses, validated."""
+    values = dict(defaults or {})
+    if config_path is not None:
+        values.update(read_yaml_config(config_path))
+    values = check_config_keys(apply_overrides(values, list(overrides or [])))
+    if not values.get("output_dir"):
+        raise ValueError("output_dir is not set: add output_dir: <folder> to the config or output_dir=<folder> on the command line")
+    parser = HfArgumentParser(CONFIG_CLASSES)
+    return parser.parse_dict(values, allow_extra_keys=False)
+
+
+def config_to_dict(*configs: Any) -> dict[str, Any]:
+    """The fields of the hf_freqkd dataclasses (not every TrainingArguments default), for run records."""
+    record: dict[str, Any] = {}
+    for config in configs:
+        for f in dataclasses.fields(config):
+            if f.init and f.name not in _TRAINING_FIELDS:
+                record[f.name] = getattr(config, f.name)
+    return record

@@ -1,0 +1,67 @@
+"""The model the Trainer sees: the student plus the trainable parts of the methods.
+
+The teacher is deliberately *not* a submodule. Everything that is a submodule here - the student
+and every method's adapters or filters - is what the Trainer optimises, what data-parallel
+training synchronises and what checkpoints hold; the teacher therefore never lands in any of them.
+All trainable computation (student forward and every loss term) runs inside ``forward``, so a
+DDP wrapper around the Distiller sees it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.utils import ModelOutput
+
+from .methods.base import DistillationMethod, ModelOutputs
+from .models.features import FeatureExtractor
+
+
+@dataclass
+class DistillerOutput(ModelOutput):
+    """``loss`` (weighted sum), student ``logits`` and each weighted term in ``loss_terms``."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    loss_terms: dict[str, torch.Tensor] | None = None
+
+
+class Distiller(nn.Module):
+    """Student + methods. ``forward`` returns the weighted training loss, or plain CE at evaluation."""
+
+    def __init__(self, student: FeatureExtractor, methods: list[DistillationMethod]):
+        super().__init__()
+        self.student = student
+        self.methods = nn.ModuleDict({method.name: method for method in methods})
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        teacher_logits: torch.Tensor | None = None,
+        teacher_features: dict[str, torch.Tensor] | None = None,
+        warmup_factor: float = 1.0,
+    ) -> DistillerOutput:
+        student = self.student(pixel_values)
+        if labels is None:
+            return DistillerOutput(logits=student.logits)
+        if teacher_logits is None and not self.training:
+            # Evaluation reports the student's plain cross-entropy, not the mixed training loss.
+            loss = nn.functional.cross_entropy(student.logits.float(), labels)
+            return DistillerOutput(loss=loss, logits=student.logits)
+        teacher = None if teacher_logits is None else ModelOutputs(teacher_logits, teacher_features or {})
+        terms: dict[str, torch.Tensor] = {}
+        for method in self.methods.values():
+            scale = method.weight * (warmup_factor if method.warms_up else 1.0)
+            for name, value in method(student, teacher, labels).items():
+                if name in terms:
+                    raise ValueError(f"two methods return a loss term named '{name}'")
+                terms[name] = value * scale
+        loss = torch.stack([value.float() for value in terms.values()]).sum()
+        return DistillerOutput(loss=loss, logits=student.logits, loss_terms=terms)
+
+    def trainable_method_parameters(self) -> int:
+        """Number of trainable parameters the methods add to the student."""
+        return sum(p.numel() for p in self.methods.parameters() if p.requires_grad)

@@ -1,0 +1,201 @@
+"""What every distillation method is made of.
+
+A method is one ``nn.Module`` subclass in its own file under ``hf_freqkd/methods/``, registered
+by name with :func:`register_method`. It declares
+
+* its options, a dataclass extending :class:`MethodOptions` (typed fields, defaults and help text:
+  ``hf-freqkd methods`` prints them);
+* which named intermediate features of student and teacher it needs (:meth:`feature_request`);
+* the trainable modules it owns, created in :meth:`build` once feature shapes are known;
+
+and its ``forward`` returns a dict of named, unweighted loss terms (``{"loss_kd": ...}``). The
+:class:`~hf_freqkd.distiller.Distiller` multiplies them by the method's ``weight`` and the warm-up
+factor, sums them and logs each one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ModelOutputs:
+    """What one forward pass of a student or teacher produces."""
+
+    logits: torch.Tensor
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FeatureRequest:
+    """Names of the intermediate features a method reads from student and teacher."""
+
+    student: tuple[str, ...] = ()
+    teacher: tuple[str, ...] = ()
+
+
+@dataclass
+class MethodOptions:
+    """Options every method has."""
+
+    weight: float = field(
+        default=1.0, metadata={"help": "Multiplier of this method's loss terms (>= 0)."}
+    )
+
+    def __post_init__(self) -> None:
+        require(self.weight >= 0 and math.isfinite(self.weight), "weight", self.weight, "a finite number >= 0")
+
+
+def require(condition: bool, option: str, value: Any, expected: str) -> None:
+    """Raise a ``ValueError`` naming the option, the bad value and what was expected."""
+    if not condition:
+        raise ValueError(f"option '{option}' = {value!r} is invalid: expected {expected}")
+
+
+class DistillationMethod(nn.Module):
+    """Base class of a distillation loss. Subclasses set ``name`` and ``options_class``."""
+
+    name: ClassVar[str]
+    options_class: ClassVar[type[MethodOptions]] = MethodOptions
+    #: False for methods that only look at the labels (``ce``); a run made of such methods needs no teacher.
+    uses_teacher: ClassVar[bool] = True
+    #: False for the ground-truth term, which is never scaled by the distillation warm-up.
+    warms_up: ClassVar[bool] = True
+
+    def __init__(self, options: MethodOptions | None = None):
+        super().__init__()
+        self.options = options if options is not None else self.options_class()
+
+    @property
+    def weight(self) -> float:
+        return self.options.weight
+
+    def feature_request(self) -> FeatureRequest:
+        """Named features this method needs; none by default (logit methods)."""
+        return FeatureRequest()
+
+    def build(
+        self,
+        student_shapes: dict[str, torch.Size],
+        teacher_shapes: dict[str, torch.Size],
+        num_classes: int,
+    ) -> None:
+        """Create trainable modules once the shapes of the requested features are known.
+
+        Called once by the trainer, after a probe forward pass; the modules it creates become part
+        of the model the Trainer optimises, checkpoints and wraps for data-parallel training.
+        """
+
+    def forward(
+        self, student: ModelOutputs, teacher: ModelOutputs | None, labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------------------------
+# Options parsing: YAML / command-line values -> a validated options dataclass.
+
+
+def options_from_dict(options_class: type[MethodOptions], values: dict[str, Any], method: str) -> MethodOptions:
+    """Build ``options_class`` from a plain dict, rejecting unknown names and wrong types early."""
+    fields = {f.name: f for f in dataclasses.fields(options_class) if f.init}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"method '{method}' has no option {', '.join(map(repr, unknown))}; "
+            f"valid options: {', '.join(sorted(fields))}"
+        )
+    hints = typing.get_type_hints(options_class)
+    coerced = {}
+    for name, value in values.items():
+        try:
+            coerced[name] = _coerce(value, hints[name])
+        except TypeError as error:
+            raise ValueError(f"method '{method}' option '{name}' = {value!r} is invalid: {error}") from None
+    try:
+        return options_class(**coerced)
+    except ValueError as error:
+        raise ValueError(f"method '{method}': {error}") from None
+
+
+def _coerce(value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a simple type annotation; ints are accepted where floats are."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg)
+            except TypeError as error:
+                errors.append(str(error))
+        raise TypeError(" or ".join(errors))
+    if origin is Literal:
+        if value not in args:
+            raise TypeError(f"expected one of {', '.join(map(repr, args))}")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise TypeError(f"expected a list, got {type(value).__name__}")
+        item_type = args[0] if args else Any
+        items = [_coerce(item, item_type) for item in value]
+        return tuple(items) if origin is tuple else items
+    if annotation is Any:
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"expected a number, got {type(value).__name__}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"expected an integer, got {type(value).__name__}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"expected true or false, got {type(value).__name__}")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise TypeError(f"expected a string, got {type(value).__name__}")
+        return value
+    if isinstance(annotation, type) and not isinstance(value, annotation):
+        raise TypeError(f"expected {annotation.__name__}, got {type(value).__name__}")
+    return value
+
+
+def describe_options(options_class: type[MethodOptions]) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, help) for each option, for ``hf-freqkd methods`` and the README."""
+    rows = []
+    hints = typing.get_type_hints(options_class)
+    for f in dataclasses.fields(options_class):
+        if not f.init:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        rows.append((f.name, _type_name(hints[f.name]), repr(default), f.metadata.get("help", "")))
+    return rows
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(annotation))
+    if origin in (list, tuple):
+        args = typing.get_args(annotation)
+        return f"list[{_type_name(args[0])}]" if args else "list"
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", str(annotation))

@@ -1,0 +1,38 @@
+"""``ce``: cross-entropy with the ground-truth labels - the student trained alone.
+
+Every run contains this term (weight 1 unless configured); a config listing only ``ce`` trains the
+student from scratch, with no teacher loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .base import DistillationMethod, MethodOptions, ModelOutputs, require
+from .registry import register_method
+
+
+@dataclass
+class CEOptions(MethodOptions):
+    label_smoothing: float = field(
+        default=0.0, metadata={"help": "Label smoothing of the ground-truth target, in [0, 1)."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(0.0 <= self.label_smoothing < 1.0, "label_smoothing", self.label_smoothing, "a number in [0, 1)")
+
+
+@register_method
+class CrossEntropy(DistillationMethod):
+    name = "ce"
+    options_class = CEOptions
+    uses_teacher = False
+    warms_up = False
+
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        loss = F.cross_entropy(student.logits.float(), labels, label_smoothing=self.options.label_smoothing)
+        return {"loss_ce": loss}

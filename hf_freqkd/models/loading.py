@@ -1,0 +1,243 @@
+"""Build a teacher or student from what a user names: a timm model, a local folder, a Hub id.
+
+Sources, in the order they are tried:
+
+* ``timm:NAME`` / ``transformers:ID``: force the library.
+* a local directory: ``config.json`` with ``architecture`` is a timm folder (``save_for_hf``),
+  with ``model_type`` a transformers folder (``save_pretrained``).
+* ``hf-hub:ORG/NAME``: a timm model on the Hub.
+* a name in timm's registry (the CIFAR zoo is registered there by ``import hf_freqkd``).
+* anything else containing ``/``: a transformers ``AutoModelForImageClassification`` Hub id.
+
+Weights from ``checkpoint`` load after construction: a ``.safetensors`` file, a torch file (read
+with ``weights_only=True``), or a Trainer checkpoint directory of hf_freqkd (``student.`` keys).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+TIMM_PREFIX = "timm:"
+TRANSFORMERS_PREFIX = "transformers:"
+
+
+def is_transformers_model(model: nn.Module) -> bool:
+    from transformers import PreTrainedModel
+
+    return isinstance(model, PreTrainedModel)
+
+
+def load_model(
+    source: str,
+    *,
+    num_classes: int | None = None,
+    checkpoint: str | None = None,
+    pretrained: bool = False,
+    model_kwargs: dict[str, Any] | None = None,
+    trust_remote_code: bool = False,
+) -> nn.Module:
+    """Create the model named by ``source`` (see module docstring) and load ``checkpoint`` if given."""
+    if not isinstance(source, str) or not source:
+        raise ValueError(f"model source {source!r} is invalid: expected a timm model name, a local folder or a Hub id")
+    model_kwargs = dict(model_kwargs or {})
+    library, location = _resolve_source(source)
+    if library == "timm":
+        model = _load_timm(location, num_classes, pretrained, model_kwargs)
+    else:
+        model = _load_transformers(location, num_classes, pretrained, model_kwargs, trust_remote_code)
+    # Remember how the model was made so an export can rebuild it (timm's model_args).
+    model.hf_freqkd_model_args = model_kwargs
+    if checkpoint:
+        load_checkpoint(model, checkpoint)
+    return model
+
+
+def _resolve_source(source: str) -> tuple[str, str]:
+    import timm
+
+    if source.startswith(TIMM_PREFIX):
+        return "timm", source[len(TIMM_PREFIX):]
+    if source.startswith(TRANSFORMERS_PREFIX):
+        return "transformers", source[len(TRANSFORMERS_PREFIX):]
+    if os.path.isdir(source):
+        config_file = Path(source) / "config.json"
+        if not config_file.is_file():
+            hint = (
+                " It looks like a Trainer checkpoint: name the architecture as the model and pass this folder as the checkpoint."
+                if (Path(source) / "model.safetensors").is_file()
+                else ""
+            )
+            raise ValueError(f"model folder '{source}' has no config.json, so it is not a saved model.{hint}")
+        config = json.loads(config_file.read_text())
+        if "architecture" in config:
+            return "timm", "local-dir:" + str(Path(source).resolve())
+        if "model_type" in config:
+            return "transformers", source
+        raise ValueError(
+            f"model folder '{source}': config.json has neither 'architecture' (timm) nor 'model_type' (transformers)"
+        )
+    if source.startswith("hf-hub:") or timm.is_model(source):
+        return "timm", source
+    if "/" in source and not os.path.exists(source):
+        return "transformers", source
+    close = difflib.get_close_matches(source, timm.list_models(), n=5, cutoff=0.6)
+    hint = f"; close timm names: {', '.join(close)}" if close else ""
+    raise ValueError(
+        f"model '{source}' is not a timm model name, a local model folder or a Hub id (ORG/NAME){hint}"
+    )
+
+
+def _load_timm(name: str, num_classes: int | None, pretrained: bool, model_kwargs: dict[str, Any]) -> nn.Module:
+    import timm
+
+    kwargs = dict(model_kwargs)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    # A saved folder is its own pretrained weights: local-dir only loads them with pretrained=True.
+    pretrained = pretrained or name.startswith("local-dir:")
+    return timm.create_model(name, pretrained=pretrained, **kwargs)
+
+
+def _load_transformers(
+    name: str, num_classes: int | None, pretrained: bool, model_kwargs: dict[str, Any], trust_remote_code: bool
+) -> nn.Module:
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    kwargs = dict(model_kwargs)
+    if num_classes is not None:
+        kwargs["num_labels"] = num_classes
+    local = os.path.isdir(name)
+    if local or pretrained:
+        if num_classes is not None:
+            current = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code).num_labels
+            kwargs["ignore_mismatched_sizes"] = current != num_classes
+        return AutoModelForImageClassification.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
+    config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
+    return AutoModelForImageClassification.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def model_num_classes(model: nn.Module) -> int:
+    """Number of output classes of a timm or transformers classifier."""
+    if is_transformers_model(model):
+        return int(model.config.num_labels)
+    num_classes = getattr(model, "num_classes", None)
+    if num_classes is None:
+        raise ValueError(f"cannot tell the number of classes of {type(model).__name__}: it has no `num_classes`")
+    return int(num_classes)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Read a state dict from a safetensors/torch file or a Trainer checkpoint folder (safely)."""
+    from safetensors.torch import load_file
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint '{path}' does not exist")
+    file = Path(path)
+    if file.is_dir():
+        for candidate in ("model.safetensors", "pytorch_model.bin"):
+            if (file / candidate).is_file():
+                file = file / candidate
+                break
+        else:
+            raise ValueError(
+                f"checkpoint folder '{path}' holds no model.safetensors or pytorch_model.bin; "
+                f"it contains: {', '.join(sorted(p.name for p in file.iterdir())) or 'nothing'}"
+            )
+    try:
+        if file.suffix == ".safetensors":
+            state = load_file(str(file))
+        else:
+            # weights_only: a checkpoint must never be able to run code on load.
+            state = torch.load(str(file), map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any reader failure means "not a checkpoint"
+        raise ValueError(f"checkpoint '{file}' could not be read as safetensors or a torch state dict: {error}") from None
+    for key in ("state_dict", "model", "module"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"checkpoint '{file}' is not a state dict of tensors")
+    return state
+
+
+def load_checkpoint(model: nn.Module, path: str) -> None:
+    """Load ``path`` into ``model`` strictly, accepting hf_freqkd Trainer checkpoints (``student.`` keys)."""
+    state = read_state_dict(path)
+    for prefix in ("module.", "student.model.", "student."):
+        if state and all(key.startswith(prefix) for key in state):
+            state = {key[len(prefix):]: value for key, value in state.items()}
+    if any(key.startswith("student.model.") for key in state):
+        # A Distiller checkpoint also holds method modules; keep only the student.
+        state = {key[len("student.model."):]: v for key, v in state.items() if key.startswith("student.model.")}
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or mismatched:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        if mismatched:
+            k = mismatched[0]
+            details.append(
+                f"{len(mismatched)} with another shape (e.g. {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)})"
+            )
+        raise ValueError(f"checkpoint '{path}' does not fit {type(model).__name__}: keys {'; '.join(details)}")
+    model.load_state_dict(state)
+
+
+# ----------------------------------------------------------------------------------------------
+# Input configuration (size, normalisation) read from the model instead of repeated in configs.
+
+
+def resolve_input_config(model: nn.Module) -> dict[str, Any]:
+    """Input size, mean, std, interpolation and crop_pct the model expects."""
+    if is_transformers_model(model):
+        config = model.config
+        size = getattr(config, "image_size", 224)
+        size = size if isinstance(size, (tuple, list)) else (size, size)
+        return {
+            "input_size": (getattr(config, "num_channels", 3), *size),
+            "mean": (0.5, 0.5, 0.5),
+            "std": (0.5, 0.5, 0.5),
+            "interpolation": "bilinear",
+            "crop_pct": 1.0,
+        }
+    import timm.data
+
+    data_config = dict(timm.data.resolve_data_config({}, model=model))
+    # A ViT built with another img_size keeps the pretrained cfg's 224: trust the patch embedding.
+    patch_embed = getattr(model, "patch_embed", None)
+    img_size = getattr(patch_embed, "img_size", None)
+    if img_size is not None:
+        data_config["input_size"] = (data_config["input_size"][0], *tuple(img_size))
+    in_chans = _first_conv_in_channels(model)
+    if in_chans is not None:
+        data_config["input_size"] = (in_chans, *data_config["input_size"][1:])
+    channels = data_config["input_size"][0]
+    for key in ("mean", "std"):
+        if len(data_config[key]) != channels:
+            data_config[key] = (sum(data_config[key]) / len(data_config[key]),) * channels
+    return data_config
+
+
+def _first_conv_in_channels(model: nn.Module) -> int | None:
+    first_conv = getattr(model, "pretrained_cfg", {}).get("first_conv")
+    if not first_conv:
+        return None
+    try:
+        return int(model.get_submodule(first_conv).in_channels)
+    except (AttributeError, TypeError):
+        return None

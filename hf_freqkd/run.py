@@ -1,0 +1,151 @@
+"""From a YAML config to a trained, evaluated and exported student: the code behind the CLI.
+
+``hf-freqkd train-teacher`` and ``hf-freqkd distill`` both end here; so do
+``accelerate launch scripts/train_teacher.py`` and ``scripts/distill.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import DataArguments, DistillationConfig, ModelArguments, config_to_dict, parse_config
+from .data.loading import (
+    check_labels_in_range,
+    count_classes,
+    detect_columns,
+    load_image_dataset,
+    pick_split,
+    with_image_transform,
+)
+from .export import export_student
+from .models.loading import load_model, resolve_input_config
+from .trainer import DistillationTrainer
+
+logger = logging.getLogger(__name__)
+
+STUDENT_EXPORT_DIR = "student"
+RUN_RECORD = "hf_freqkd_run.json"
+
+
+@dataclass
+class RunResult:
+    """What a run produced: final evaluation metrics, sizes, wall time and where the student went."""
+
+    metrics: dict[str, float]
+    student_parameters: int
+    method_parameters: int
+    teacher_parameters: int
+    train_seconds: float
+    export_dir: str | None
+
+
+def prepare_run(
+    mode: str, config_path: str | None = None, overrides: list[str] | None = None, defaults: dict[str, Any] | None = None
+) -> tuple[DistillationTrainer, DistillationConfig, ModelArguments, DataArguments]:
+    """Parse and validate everything, load data and models, and build the trainer. Writes nothing."""
+    if mode not in ("teacher", "distill"):
+        raise ValueError(f"mode '{mode}' is invalid: expected 'teacher' or 'distill'")
+    base = {"methods": {"ce": {}}} if mode == "teacher" else {}
+    args, model_args, data_args = parse_config(config_path, overrides, defaults={**base, **(defaults or {})})
+    if mode == "teacher":
+        extra = [name for name in args.methods if name != "ce"]
+        if extra:
+            raise ValueError(f"train-teacher trains with the ce method alone; remove {', '.join(extra)} from methods")
+    check_output_dir(args)
+
+    data = load_image_dataset(data_args.dataset, data_args.dataset_config_name, args.trust_remote_code)
+    splits = list(data)
+    train_split = pick_split(splits, data_args.train_split, "train", ["train"])
+    eval_split = pick_split(splits, data_args.eval_split, "eval", ["validation", "valid", "val", "test"])
+    train_data = data[train_split]
+    if len(train_data) == 0:
+        raise ValueError(f"the train split '{train_split}' of dataset '{data_args.dataset}' is empty")
+    image_column, label_column = detect_columns(train_data, data_args.image_column, data_args.label_column)
+    num_classes = model_args.num_classes or count_classes(train_data, label_column)
+    eval_data = data[eval_split] if eval_split else None
+    if data_args.max_train_samples:
+        train_data = train_data.select(range(min(data_args.max_train_samples, len(train_data))))
+    if eval_data is not None and data_args.max_eval_samples:
+        eval_data = eval_data.select(range(min(data_args.max_eval_samples, len(eval_data))))
+    check_labels_in_range(train_data, label_column, num_classes, train_split)
+    if eval_data is not None:
+        check_labels_in_range(eval_data, label_column, num_classes, eval_split)
+
+    student = load_model(
+        model_args.student_model,
+        num_classes=num_classes,
+        checkpoint=model_args.student_checkpoint,
+        pretrained=model_args.student_pretrained,
+        model_kwargs=model_args.student_model_kwargs,
+        trust_remote_code=args.trust_remote_code,
+    )
+    input_config = resolve_input_config(student)
+    if data_args.image_size:
+        input_config["input_size"] = (input_config["input_size"][0], data_args.image_size, data_args.image_size)
+    train_dataset = with_image_transform(
+        train_data, image_column, label_column, input_config, training=True, augmentation=data_args.augmentation
+    )
+    eval_dataset = (
+        with_image_transform(eval_data, image_column, label_column, input_config, training=False, augmentation="none")
+        if eval_data is not None
+        else None
+    )
+    if eval_dataset is None and args.eval_strategy != "no":
+        raise ValueError(f"eval_strategy is '{args.eval_strategy}' but the dataset has no evaluation split (splits: {', '.join(splits)})")
+    trainer = DistillationTrainer(model=student, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset)
+    return trainer, args, model_args, data_args
+
+
+def check_output_dir(args: DistillationConfig) -> None:
+    """Refuse to train into a folder holding another run's checkpoints unless resuming from it."""
+    output_dir = Path(args.output_dir)
+    if not output_dir.exists():
+        return
+    if not output_dir.is_dir():
+        raise ValueError(f"output_dir '{output_dir}' exists and is not a folder")
+    checkpoints = sorted(p.name for p in output_dir.glob("checkpoint-*"))
+    if checkpoints and not args.resume_from_checkpoint:
+        raise ValueError(
+            f"output_dir '{output_dir}' already holds checkpoints ({', '.join(checkpoints[:3])}); "
+            "set resume_from_checkpoint=true to continue that run, or choose another output_dir"
+        )
+    if not os.access(output_dir, os.W_OK):
+        raise ValueError(f"output_dir '{output_dir}' is not writable")
+
+
+def run(mode: str, config_path: str | None = None, overrides: list[str] | None = None, defaults: dict[str, Any] | None = None) -> RunResult:
+    """Train (a teacher, or a student by distillation), evaluate, export the student, record the run."""
+    trainer, args, model_args, data_args = prepare_run(mode, config_path, overrides, defaults)
+    resume = args.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in ("true", "false"):
+        resume = resume.lower() == "true"
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume or None)
+    train_seconds = time.perf_counter() - start
+    metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
+    export_dir = None
+    if trainer.is_world_process_zero():
+        export_dir = str(export_student(trainer.student, Path(args.output_dir) / STUDENT_EXPORT_DIR))
+        teacher_parameters = sum(p.numel() for p in trainer.teacher.parameters()) if trainer.teacher is not None else 0
+        record = {
+            "mode": mode,
+            "config": config_to_dict(args, model_args, data_args),
+            "metrics": metrics,
+            "train_seconds": train_seconds,
+            "teacher_parameters": teacher_parameters,
+        }
+        (Path(args.output_dir) / RUN_RECORD).write_text(json.dumps(record, indent=2, default=str))
+    return RunResult(
+        metrics=metrics,
+        student_parameters=sum(p.numel() for p in trainer.student.parameters()),
+        method_parameters=trainer.accelerator.unwrap_model(trainer.model).trainable_method_parameters(),
+        teacher_parameters=sum(p.numel() for p in trainer.teacher.parameters()) if trainer.teacher is not None else 0,
+        train_seconds=train_seconds,
+        export_dir=export_dir,
+    )

@@ -21,8 +21,8 @@ def _print_methods() -> None:
     from .methods import available_methods, describe_options
 
     for name, cls in available_methods().items():
-        summary = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
-        print(f"{name}: {summary[0] if summary else cls.__name__}")
+        summary = (sys.modules[cls.__module__].__doc__ or cls.__name__).strip().splitlines()[0]
+        print(f"{name}: {summary.removeprefix(f'``{name}``: ')}")
         if not cls.uses_teacher:
             print("  (needs no teacher)")
         for option, type_name, default, help_text in describe_options(cls.options_class):

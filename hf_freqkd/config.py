@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -46,6 +47,12 @@ class DistillationConfig(TrainingArguments):
             The same warm-up counted in epochs (20 in the CIFAR reference recipes). Exclusive with
             ``distill_warmup_steps``.
 
+    Parameters that control the learning-rate schedule:
+        lr_decay_epochs (`list[float]`, *optional*):
+            Step decay of the learning rate by ``lr_decay_rate`` at these epochs (150, 180, 210 in the
+            CIFAR distillation recipes). When set it replaces ``lr_scheduler_type``.
+        lr_decay_rate (`float`, defaults to 0.1): multiplier applied at each decay epoch.
+
     Parameters that control evaluation:
         eval_top_k (`int`, defaults to 5): k of the reported top-k accuracy.
 
@@ -66,6 +73,10 @@ class DistillationConfig(TrainingArguments):
     )
     distill_warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up of distillation terms, in steps."})
     distill_warmup_epochs: float = field(default=0.0, metadata={"help": "Linear warm-up of distillation terms, in epochs."})
+    lr_decay_epochs: Optional[Union[list, str]] = field(
+        default=None, metadata={"help": "Epochs at which the learning rate is multiplied by lr_decay_rate."}
+    )
+    lr_decay_rate: float = field(default=0.1, metadata={"help": "Step-decay multiplier of the learning rate."})
     eval_top_k: int = field(default=5, metadata={"help": "k of the top-k accuracy reported at evaluation."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow Hub code for transformers models."})
 
@@ -80,6 +91,14 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(f"distill_warmup_epochs = {self.distill_warmup_epochs} is invalid: expected a number >= 0")
         if self.distill_warmup_steps and self.distill_warmup_epochs:
             raise ValueError("set distill_warmup_steps or distill_warmup_epochs, not both")
+        self.lr_decay_epochs = _yaml_if_string(self.lr_decay_epochs, "lr_decay_epochs")
+        if self.lr_decay_epochs is not None:
+            epochs = self.lr_decay_epochs if isinstance(self.lr_decay_epochs, list) else [self.lr_decay_epochs]
+            if not all(isinstance(e, (int, float)) and not isinstance(e, bool) and e > 0 for e in epochs) or epochs != sorted(epochs):
+                raise ValueError(f"lr_decay_epochs = {self.lr_decay_epochs!r} is invalid: expected increasing epochs > 0")
+            self.lr_decay_epochs = [float(e) for e in epochs]
+        if not 0 < self.lr_decay_rate <= 1:
+            raise ValueError(f"lr_decay_rate = {self.lr_decay_rate} is invalid: expected a number in (0, 1]")
         if self.eval_top_k < 1:
             raise ValueError(f"eval_top_k = {self.eval_top_k} is invalid: expected an integer >= 1")
         super().__post_init__()
@@ -148,10 +167,28 @@ class DataArguments:
 CONFIG_CLASSES = (DistillationConfig, ModelArguments, DataArguments)
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. YAML 1.1 would read ``eval_strategy: no`` as False."""
+
+
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse config YAML (safe loader, YAML 1.2 booleans)."""
+    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - _ConfigLoader is a SafeLoader
+
+
 def _yaml_if_string(value: Any, name: str) -> Any:
     if isinstance(value, str):
         try:
-            return yaml.safe_load(value)
+            return load_yaml(value)
         except yaml.YAMLError as error:
             raise ValueError(f"{name} = {value!r} is not valid YAML: {error}") from None
     return value
@@ -166,7 +203,7 @@ def read_yaml_config(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"config file '{path}' does not exist")
     try:
-        values = yaml.safe_load(path.read_text())
+        values = load_yaml(path.read_text())
     except yaml.YAMLError as error:
         raise ValueError(f"config file '{path}' is not valid YAML: {error}") from None
     if values is None:
@@ -185,7 +222,7 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
         if not sep or not key:
             raise ValueError(f"override '{override}' is invalid: expected key=value, e.g. learning_rate=0.05")
         try:
-            value = yaml.safe_load(raw)
+            value = load_yaml(raw)
         except yaml.YAMLError as error:
             raise ValueError(f"override '{override}': value is not valid YAML: {error}") from None
         *parents, leaf = key.split(".")

@@ -51,7 +51,8 @@ def run_demo(output_dir: str | Path = "hf_freqkd_demo", seed: int = 0, overrides
     for name in ("teacher", "student_kd", "student_alone"):
         if (output_dir / name).exists():
             raise ValueError(f"demo output '{output_dir / name}' already exists; remove it or pass another --output-dir")
-    common = {**COMMON, "seed": seed, **(overrides or {})}
+    common = {**COMMON, "seed": seed}
+    overrides = overrides or {}
     rows = []
 
     def record(label: str, result, seconds: float) -> None:
@@ -66,21 +67,27 @@ def run_demo(output_dir: str | Path = "hf_freqkd_demo", seed: int = 0, overrides
         )
 
     start = time.perf_counter()
-    teacher = run("teacher", defaults={**common, **TEACHER_RUN, "output_dir": str(output_dir / "teacher")})
+    teacher = run("teacher", defaults={**common, **TEACHER_RUN, **overrides, "output_dir": str(output_dir / "teacher")})
     record(f"teacher {DEMO_TEACHER}", teacher, time.perf_counter() - start)
 
     start = time.perf_counter()
     distilled = run(
         "distill",
-        defaults={**common, **STUDENT_RUN, "methods": KD_METHODS, "teacher_model": teacher.export_dir, "output_dir": str(output_dir / "student_kd")},
+        defaults={
+            **common, **STUDENT_RUN, **overrides,
+            "methods": KD_METHODS, "teacher_model": teacher.export_dir, "output_dir": str(output_dir / "student_kd"),
+        },
     )
     record(f"student {DEMO_STUDENT} + KD", distilled, time.perf_counter() - start)
 
     start = time.perf_counter()
-    alone = run("distill", defaults={**common, **STUDENT_RUN, "methods": {"ce": {}}, "output_dir": str(output_dir / "student_alone")})
+    alone = run(
+        "distill",
+        defaults={**common, **STUDENT_RUN, **overrides, "methods": {"ce": {}}, "output_dir": str(output_dir / "student_alone")},
+    )
     record(f"student {DEMO_STUDENT} alone", alone, time.perf_counter() - start)
 
-    print(format_table(rows, transfer_rows=STUDENT_RUN["max_train_samples"]))
+    print(format_table(rows, transfer_rows=overrides.get("max_train_samples", STUDENT_RUN["max_train_samples"])))
     return rows
 
 

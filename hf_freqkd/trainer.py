@@ -8,6 +8,7 @@ checkpointing and resuming stay the Trainer's.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
 import math
@@ -192,6 +193,19 @@ class DistillationTrainer(Trainer):
             batches = rows_per_process // batch if self.args.dataloader_drop_last else math.ceil(rows_per_process / batch)
             self._updates_per_epoch = max(batches // self.args.gradient_accumulation_steps, 1)
         return self._updates_per_epoch
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if not self.args.lr_decay_epochs:
+            return super().create_scheduler(num_training_steps, optimizer)
+        # The CIFAR distillation recipes decay the rate in steps at fixed epochs; transformers has no such schedule.
+        updates_per_epoch = self._count_updates_per_epoch()
+        milestones = [round(epoch * updates_per_epoch) for epoch in self.args.lr_decay_epochs]
+        rate = self.args.lr_decay_rate
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer if optimizer is not None else self.optimizer,
+            lambda step: rate ** bisect.bisect_right(milestones, step),
+        )
+        return self.lr_scheduler
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         pixel_values = inputs["pixel_values"]

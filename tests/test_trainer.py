@@ -146,6 +146,19 @@ def test_distillation_warmup_factor(tmp_path):
     assert factors == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
 
 
+def test_step_decay_of_the_learning_rate_at_epochs(tmp_path, digits):
+    # 32 rows at batch 8: 4 updates per epoch, so epochs 1 and 2 are updates 4 and 8.
+    args = config(tmp_path, methods={"ce": {}}, lr_decay_epochs=[1, 2], lr_decay_rate=0.1, learning_rate=1.0)
+    trainer = DistillationTrainer(model=tiny_model("test_resnet", seed=0), args=args, train_dataset=formatted(digits["train"], 32))
+    trainer.create_optimizer_and_scheduler(num_training_steps=12)
+    rates = []
+    for _ in range(10):
+        rates.append(trainer.lr_scheduler.get_last_lr()[0])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    assert rates == pytest.approx([1.0] * 4 + [0.1] * 4 + [0.01] * 2)
+
+
 # ----------------------------------------------------------------------------------------------
 # A method that owns a trainable module: it must be built from probed shapes, optimised,
 # checkpointed, and never exported with the student.

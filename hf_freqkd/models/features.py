@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from transformers.utils import ModelOutput
 
 from ..methods.base import ModelOutputs
 from .loading import is_transformers_model
@@ -64,7 +65,9 @@ class FeatureExtractor(nn.Module):
 
     def _capture_hook(self, name: str):
         def hook(module: nn.Module, args, output) -> None:
-            # transformers layers return tuples; the hidden state comes first.
+            # transformers layers return tuples, whole sub-models a ModelOutput; the hidden state comes first.
+            if isinstance(output, ModelOutput):
+                output = output.to_tuple()
             self._captured[name] = output[0] if isinstance(output, (tuple, list)) else output
 
         return hook

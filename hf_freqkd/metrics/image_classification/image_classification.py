@@ -9,7 +9,8 @@ import numpy as np
 
 _DESCRIPTION = """
 Top-1 accuracy (argmax of the scores equals the reference) and top-k accuracy (the reference is
-among the k highest scores; k = min(top_k, number of classes)).
+among the k highest scores; k = min(top_k, number of classes)). Ties are broken as argmax breaks
+them (lower class index first), so top-1 accuracy equals accuracy.
 """
 
 _KWARGS_DESCRIPTION = """
@@ -45,9 +46,11 @@ class ImageClassification(evaluate.Metric):
         if scores.ndim != 2 or len(scores) != len(labels):
             raise ValueError(f"predictions must be (N, C) scores for N={len(labels)} references; got shape {scores.shape}")
         k = max(1, min(int(top_k), scores.shape[1]))
-        # Rank of the reference = how many classes score strictly higher; ties count in its favour.
-        reference_scores = scores[np.arange(len(labels)), labels]
-        rank = (scores > reference_scores[:, None]).sum(axis=1)
+        # Rank of the reference: classes scoring higher, plus equal-scoring classes of lower index -
+        # the tie rule of argmax, so top-1 accuracy equals accuracy.
+        reference_scores = scores[np.arange(len(labels)), labels][:, None]
+        lower_index = np.arange(scores.shape[1])[None, :] < labels[:, None]
+        rank = ((scores > reference_scores) | ((scores == reference_scores) & lower_index)).sum(axis=1)
         return {
             "accuracy": float((scores.argmax(axis=1) == labels).mean()),
             f"top{int(top_k)}_accuracy": float((rank < k).mean()),

@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             from .run import run
 
             result = run("teacher" if args.command == "train-teacher" else "distill", args.config, args.overrides)
-            print(f"evaluation: {result.metrics}")
-            if result.export_dir:
+            if result.export_dir:  # only the main process exports and reports
+                print(f"evaluation: {result.metrics}")
                 print(f"student exported to {result.export_dir}")
         elif args.command == "demo":
             from .demo import run_demo

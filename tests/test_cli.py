@@ -111,3 +111,20 @@ def test_output_dir_with_another_runs_checkpoints_is_left_alone(tmp_path, capsys
     assert "already holds checkpoints (checkpoint-100)" in capsys.readouterr().err
     assert (checkpoint / "model.safetensors").read_bytes() == b"precious"
     assert sorted(p.name for p in output_dir.iterdir()) == ["checkpoint-100"]
+
+
+def test_accelerate_launch_runs_the_distill_script(tmp_path):
+    import os
+
+    repo = Path(__file__).resolve().parents[1]
+    output_dir = tmp_path / "launched"
+    config = write_config(tmp_path / "c.yaml", {**TINY_RUN, "output_dir": str(output_dir), "methods": {"kd": {}}, "teacher_model": "resnet14"})
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(repo / "scripts" / "distill.py"), "--config", str(config), "max_train_samples=32",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "student exported to" in result.stdout
+    assert (output_dir / "student" / "model.safetensors").is_file()

@@ -241,3 +241,17 @@ def test_image_size_the_model_cannot_take(tmp_path, digits):
     with pytest.raises(ValueError, match=r"student \(VisionTransformer\) cannot take inputs of shape \(3, 16, 16\)"):
         DistillationTrainer(model=student, teacher=tiny_model("test_vit", seed=1, img_size=32), args=config(tmp_path), train_dataset=data)
     assert not (tmp_path / "run").exists()
+
+
+def test_bf16_mixed_precision_runs_teacher_and_student_under_autocast(tmp_path, digits):
+    args = config(tmp_path, bf16=True, max_steps=2)
+    trainer = DistillationTrainer(
+        model=tiny_model("test_resnet", seed=11), teacher=tiny_model("test_resnet", seed=12), args=args, train_dataset=formatted(digits["train"], 16)
+    )
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    with trainer.compute_loss_context_manager():
+        teacher_logits = trainer.teacher(batch["pixel_values"]).logits
+    assert teacher_logits.dtype == torch.bfloat16  # mixed precision applies to the teacher
+    trainer.train()
+    assert all(math.isfinite(entry["loss"]) for entry in trainer.state.log_history if "loss" in entry)
+    assert all(p.dtype == torch.float32 for p in trainer.student.parameters())  # master weights stay fp32

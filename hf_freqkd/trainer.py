@@ -25,7 +25,7 @@ from .distiller import Distiller, DistillerOutput
 from .methods.base import DistillationMethod
 from .methods.registry import build_methods
 from .metrics import compute_classification_metrics
-from .models.features import FeatureExtractor, FrozenTeacher
+from .models.features import BackboneInfo, FeatureExtractor, FrozenTeacher
 from .models.loading import load_model, model_num_classes, resolve_input_config
 
 logger = logging.getLogger(__name__)
@@ -74,8 +74,11 @@ class DistillationTrainer(Trainer):
                 f"teacher has {model_num_classes(teacher_model)} classes but the student has {num_classes}: "
                 "both must predict the same label set"
             )
-        student_layers = [name for m in methods for name in m.feature_request().student]
-        teacher_layers = [name for m in methods for name in m.feature_request().teacher]
+        student_info = BackboneInfo.of(student)
+        teacher_info = BackboneInfo.of(teacher_model) if teacher_model is not None else None
+        requests = [m.feature_request(student_info, teacher_info) for m in methods]
+        student_layers = [name for request in requests for name in request.student]
+        teacher_layers = [name for request in requests for name in request.teacher]
         student_extractor = FeatureExtractor(student, student_layers)
         teacher_extractor = FrozenTeacher(teacher_model, teacher_layers) if teacher_model is not None else None
         sample = self._probe_input(student, train_dataset)

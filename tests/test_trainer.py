@@ -173,7 +173,7 @@ class _AdapterMSE(DistillationMethod):
     name = "_test_adapter_mse"
     options_class = _AdapterOptions
 
-    def feature_request(self) -> FeatureRequest:
+    def feature_request(self, student, teacher) -> FeatureRequest:
         return FeatureRequest(student=(self.options.layer,), teacher=(self.options.layer,))
 
     def build(self, student_shapes, teacher_shapes, num_classes):

@@ -20,10 +20,13 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..models.features import BackboneInfo
 
 
 @dataclass
@@ -78,8 +81,13 @@ class DistillationMethod(nn.Module):
     def weight(self) -> float:
         return self.options.weight
 
-    def feature_request(self) -> FeatureRequest:
-        """Named features this method needs; none by default (logit methods)."""
+    def feature_request(self, student: "BackboneInfo", teacher: "BackboneInfo | None") -> FeatureRequest:
+        """Named features this method needs, chosen from what the two networks offer.
+
+        Called once, before :meth:`build`. ``student.stage_layers`` / ``teacher.stage_layers`` are
+        the default stage outputs (timm ``feature_info`` or transformers ``hidden_states.<i>``).
+        Features arrive as ``(B, C, H, W)`` maps, ViT tokens included. None by default (logit methods).
+        """
         return FeatureRequest()
 
     def build(

@@ -1,10 +1,11 @@
 """Models: loading by name or folder, feature extraction, and the CIFAR zoo registered in timm."""
 
 from . import cifar  # noqa: F401  registers the CIFAR distillation zoo in timm
-from .features import FeatureExtractor, FrozenTeacher, default_feature_layers
+from .features import BackboneInfo, FeatureExtractor, FrozenTeacher, default_feature_layers
 from .loading import load_checkpoint, load_model, model_num_classes, read_state_dict, resolve_input_config
 
 __all__ = [
+    "BackboneInfo",
     "FeatureExtractor",
     "FrozenTeacher",
     "default_feature_layers",

@@ -4,11 +4,17 @@ Layer names are module names (``layer2``, ``blocks.3``, ``stages.1``). For timm 
 default layers are the stage outputs of timm's ``feature_info``; for transformers models the
 names ``hidden_states.<i>`` read the model's own ``output_hidden_states``. Other names are
 captured with forward hooks, so the features always come from the same pass as the logits.
+
+Feature methods work on maps ``(B, C, H, W)``. ViT-family token features ``(B, N, C)`` are turned
+into maps by dropping the class and register tokens and laying the patch tokens on their grid;
+SAM-style blocks that keep ``(B, H, W, C)`` are permuted. :class:`BackboneInfo` records what that
+takes (prefix tokens, patch size, layout) for each model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -18,6 +24,58 @@ from ..methods.base import ModelOutputs
 from .loading import is_transformers_model
 
 HIDDEN_STATES = "hidden_states."
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """What feature methods need to know about a network, read from the model itself."""
+
+    #: default feature layers: timm ``feature_info`` stages or transformers ``hidden_states.<i>``
+    stage_layers: tuple[str, ...]
+    #: class + register tokens ahead of the patch tokens in token features (0 for CNNs)
+    num_prefix_tokens: int = 0
+    #: patch size of a ViT (token grid = input size / patch size); None for CNNs
+    patch_size: tuple[int, int] | None = None
+    #: "tokens" for (B, N, C) ViT features, "channels_last" for (B, H, W, C) blocks, "maps" for (B, C, H, W)
+    layout: str = "maps"
+
+    @classmethod
+    def of(cls, model: nn.Module) -> "BackboneInfo":
+        stages = tuple(default_feature_layers(model))
+        if is_transformers_model(model):
+            config = model.config
+            patch = getattr(config, "patch_size", None)
+            if patch is None:
+                return cls(stages)
+            prefix = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
+            if type(model).__name__.startswith(("Swin", "ConvNext", "ResNet")):
+                return cls(stages)
+            patch = tuple(patch) if isinstance(patch, (tuple, list)) else (patch, patch)
+            return cls(stages, num_prefix_tokens=prefix, patch_size=patch, layout="tokens")
+        patch_embed = getattr(model, "patch_embed", None)
+        if patch_embed is None or not hasattr(patch_embed, "patch_size"):
+            return cls(stages)
+        patch = tuple(patch_embed.patch_size)
+        # timm's SAM image encoder keeps its blocks in (B, H, W, C); its ViTs use (B, N, C) tokens.
+        layout = "channels_last" if type(model).__name__ == "VisionTransformerSAM" else "tokens"
+        return cls(stages, num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 0)), patch_size=patch, layout=layout)
+
+    def to_map(self, feature: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
+        """``feature`` as a ``(B, C, H, W)`` map; ``input_size`` is the image's (H, W)."""
+        if self.layout == "maps" or feature.dim() == 4 and self.layout == "tokens":
+            return feature
+        if self.layout == "channels_last":
+            return feature.permute(0, 3, 1, 2) if feature.dim() == 4 else feature
+        if feature.dim() != 3:
+            return feature
+        grid_h, grid_w = input_size[0] // self.patch_size[0], input_size[1] // self.patch_size[1]
+        patches = feature[:, self.num_prefix_tokens:, :]
+        if patches.shape[1] != grid_h * grid_w:
+            raise ValueError(
+                f"cannot lay {patches.shape[1]} patch tokens on a {grid_h}x{grid_w} grid "
+                f"(input {input_size}, patch {self.patch_size}, {self.num_prefix_tokens} prefix tokens dropped)"
+            )
+        return patches.transpose(1, 2).reshape(feature.shape[0], feature.shape[2], grid_h, grid_w)
 
 
 def default_feature_layers(model: nn.Module) -> list[str]:
@@ -37,10 +95,13 @@ def default_feature_layers(model: nn.Module) -> list[str]:
 class FeatureExtractor(nn.Module):
     """Wrap a classifier so that ``forward(pixel_values)`` returns :class:`ModelOutputs`."""
 
-    def __init__(self, model: nn.Module, layers: Sequence[str] = ()):
+    def __init__(self, model: nn.Module, layers: Sequence[str] = (), as_maps: bool = True):
         super().__init__()
         self.model = model
         self.is_transformers = is_transformers_model(model)
+        self.info = BackboneInfo.of(model)
+        #: return every feature as a (B, C, H, W) map (see BackboneInfo.to_map)
+        self.as_maps = as_maps
         self.layers = tuple(dict.fromkeys(layers))
         self._captured: dict[str, torch.Tensor] = {}
         self._hooks = []
@@ -85,6 +146,9 @@ class FeatureExtractor(nn.Module):
         else:
             logits = self.model(pixel_values)
         features = {name: self._captured[name] for name in self.layers}
+        if self.as_maps:
+            size = tuple(pixel_values.shape[-2:])
+            features = {name: self.info.to_map(value, size) for name, value in features.items()}
         self._captured = {}
         return ModelOutputs(logits=logits, features=features)
 
@@ -92,8 +156,8 @@ class FeatureExtractor(nn.Module):
 class FrozenTeacher(FeatureExtractor):
     """A teacher that never trains: no gradients, eval mode whatever ``.train()`` is called with."""
 
-    def __init__(self, model: nn.Module, layers: Sequence[str] = ()):
-        super().__init__(model, layers)
+    def __init__(self, model: nn.Module, layers: Sequence[str] = (), as_maps: bool = True):
+        super().__init__(model, layers, as_maps)
         self.model.requires_grad_(False)
         super().train(False)
 

@@ -94,7 +94,7 @@ def test_duplicate_layers_are_captured_once(timm_resnet):
 
 
 def test_timm_vit_block_feature(timm_vit):
-    extractor = FeatureExtractor(timm_vit, ["blocks.0"])
+    extractor = FeatureExtractor(timm_vit, ["blocks.0"], as_maps=False)  # raw tokens
     seen = capture(timm_vit.blocks[0])
     calls = count_forwards(timm_vit)
     pixels = torch.randn(2, 3, 32, 32)
@@ -108,7 +108,7 @@ def test_timm_vit_block_feature(timm_vit):
 
 
 def test_transformers_vit_hidden_states_and_hooked_modules(hf_vit):
-    extractor = FeatureExtractor(hf_vit, ["hidden_states.1", "vit.layers.0", "vit.layernorm", "vit"])
+    extractor = FeatureExtractor(hf_vit, ["hidden_states.1", "vit.layers.0", "vit.layernorm", "vit"], as_maps=False)
     calls = count_forwards(hf_vit)
     backbone_calls = count_forwards(hf_vit.vit)
     pixels = torch.randn(2, 3, 16, 16)
@@ -133,7 +133,7 @@ def test_transformers_vit_hidden_states_and_hooked_modules(hf_vit):
 
 
 def test_transformers_vit_without_hidden_states_does_not_request_them(hf_vit):
-    extractor = FeatureExtractor(hf_vit, ["vit.layers.1"])
+    extractor = FeatureExtractor(hf_vit, ["vit.layers.1"], as_maps=False)
     seen_kwargs = {}
     hf_vit.register_forward_pre_hook(lambda _m, _a, kwargs: seen_kwargs.update(kwargs), with_kwargs=True)
     output = extractor(torch.randn(1, 3, 16, 16))
@@ -182,3 +182,43 @@ def test_frozen_teacher_has_no_gradients_and_keeps_batchnorm_stats(timm_resnet):
     assert not output.logits.requires_grad
     assert not output.features["layer2"].requires_grad
     assert torch.equal(timm_resnet.bn1.running_mean, running_mean)
+
+
+# ----------------------------------------------------------------------------------------------
+# ViT-family token features arrive as (B, C, h, w) maps, class and register tokens dropped.
+
+
+def test_dinov2_tokens_become_maps_without_class_and_register_tokens():
+    from hf_freqkd.models import BackboneInfo
+
+    model = timm.create_model(
+        "vit_small_patch14_reg4_dinov2", img_size=28, embed_dim=32, depth=2, num_heads=2, num_classes=10
+    ).eval()
+    info = BackboneInfo.of(model)
+    assert (info.num_prefix_tokens, info.patch_size, info.layout) == (5, (14, 14), "tokens")
+    tokens = {}
+    model.blocks[1].register_forward_hook(lambda m, a, out: tokens.__setitem__("raw", out))
+    features = FeatureExtractor(model, ["blocks.1"])(torch.randn(2, 3, 28, 28)).features["blocks.1"]
+    assert features.shape == (2, 32, 2, 2)
+    # Patch token (row 1, col 0) is token 5 + 2 after the 5 prefix tokens.
+    torch.testing.assert_close(features[:, :, 1, 0], tokens["raw"][:, 5 + 2, :])
+
+
+def test_sam_channels_last_blocks_become_maps():
+    model = timm.create_model(
+        "samvit_base_patch16", img_size=64, embed_dim=32, depth=2, num_heads=2, global_attn_indexes=[1], window_size=2, num_classes=10
+    ).eval()
+    features = FeatureExtractor(model, ["blocks.1"])(torch.randn(2, 3, 64, 64)).features["blocks.1"]
+    assert features.shape == (2, 32, 4, 4)
+
+
+def test_transformers_vit_hidden_states_become_maps(tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    config = ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=10)
+    model = ViTForImageClassification(config).eval()
+    pixels = torch.randn(2, 3, 16, 16)
+    maps = FeatureExtractor(model, ["hidden_states.2"])(pixels).features["hidden_states.2"]
+    tokens = FeatureExtractor(model, ["hidden_states.2"], as_maps=False)(pixels).features["hidden_states.2"]
+    assert maps.shape == (2, 32, 4, 4) and tokens.shape == (2, 17, 32)
+    torch.testing.assert_close(maps.flatten(2).transpose(1, 2), tokens[:, 1:, :])

@@ -72,7 +72,7 @@ def test_train_teacher_then_distill_through_the_cli(tmp_path, capsys):
     "values, override, message",
     [
         ({}, ["learnig_rate=0.1"], "unknown config key 'learnig_rate' (did you mean learning_rate?)"),
-        ({"methods": {"fancy": {}}}, [], "unknown method 'fancy'; registered methods: ce, kd"),
+        ({"methods": {"fancy": {}}}, [], "unknown method 'fancy'; registered methods: ce, dkd"),
         ({"methods": {"kd": {"temp": 2}}}, [], "method 'kd' has no option 'temp'; valid options: temperature, weight"),
         ({"methods": {"kd": {"temperature": 0}}}, [], "option 'temperature' = 0.0 is invalid: expected a finite number > 0"),
         ({"methods": {"kd": {"weight": -1}}}, [], "option 'weight' = -1.0 is invalid"),

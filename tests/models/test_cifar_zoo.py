@@ -13,6 +13,7 @@ STANDARD_PARAMS_M = {
     "resnet110": 1.74,
     "resnet8x4": 1.23,
     "resnet32x4": 7.43,
+    "cifar_resnet50": 23.71,
     "wrn_16_2": 0.70,
     "wrn_40_1": 0.57,
     "wrn_40_2": 2.26,

@@ -4,7 +4,7 @@ Importing this package registers (``timm.create_model(name, num_classes=100)``; 
 CIFAR-100 normalization in ``pretrained_cfg``, no pretrained weights):
 
 * ResNets (``resnet.py``): ``resnet8``, ``resnet14``, ``resnet20``, ``resnet32``, ``resnet44``,
-  ``resnet56``, ``resnet110``, ``resnet8x4``, ``resnet32x4``
+  ``resnet56``, ``resnet110``, ``resnet8x4``, ``resnet32x4``, and CRD's bottleneck ``cifar_resnet50``
 * Wide ResNets (``wide_resnet.py``): ``wrn_16_1``, ``wrn_16_2``, ``wrn_40_1``, ``wrn_40_2``
 * VGG-BN (``vgg.py``): ``cifar_vgg8``, ``cifar_vgg11``, ``cifar_vgg13``, ``cifar_vgg16``, ``cifar_vgg19``
 * MobileNetV2 x0.5, CRD's ``mobile_half`` (``mobilenetv2.py``): ``cifar_mobilenetv2``
@@ -22,7 +22,7 @@ from . import mobilenetv2, resnet, shufflenet, vgg, wide_resnet  # noqa: F401  (
 
 CIFAR_MODELS = (
     "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4", "resnet32x4",
-    "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2",
+    "cifar_resnet50", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2",
     "cifar_vgg8", "cifar_vgg11", "cifar_vgg13", "cifar_vgg16", "cifar_vgg19",
     "cifar_mobilenetv2", "cifar_shufflenetv1", "cifar_shufflenetv2",
 )

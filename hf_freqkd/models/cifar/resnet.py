@@ -72,9 +72,12 @@ class CifarResNet(CifarNet):
 
 
 default_cfgs = generate_default_cfgs({
-    name: cifar_cfg("conv1", "fc", (8, 8))
-    for name in ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
-                 "resnet8x4", "resnet32x4")
+    **{
+        name: cifar_cfg("conv1", "fc", (8, 8))
+        for name in ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
+                     "resnet8x4", "resnet32x4")
+    },
+    "cifar_resnet50": cifar_cfg("conv1", "linear", (4, 4)),
 })
 
 _X4 = (32, 64, 128, 256)
@@ -127,3 +130,67 @@ def resnet8x4(pretrained: bool = False, **kwargs) -> CifarResNet:
 @register_model
 def resnet32x4(pretrained: bool = False, **kwargs) -> CifarResNet:
     return _create("resnet32x4", pretrained, dict(depth=32, channels=_X4), **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# The bottleneck ResNet50 of CRD's ``models/resnetv2.py``: the ImageNet ResNet-50 layout with a
+# 3x3 stride-1 stem and no max-pool, so 32x32 inputs keep their resolution into layer1. It is the
+# teacher of the "ResNet50 -> MobileNetV2" pair of the CIFAR-100 tables (23.7 M parameters).
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, in_chs: int, planes: int, stride: int = 1):
+        super().__init__()
+        out_chs = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_chs, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out_chs, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_chs)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_chs != out_chs:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_chs, out_chs, 1, stride, bias=False), nn.BatchNorm2d(out_chs))
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act(self.bn1(self.conv1(x)))
+        out = self.act(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.act(out + self.shortcut(x))
+
+
+class CifarBottleneckResNet(CifarNet):
+    """``blocks`` per stage at widths 64/128/256/512 (x4 outputs), strides 1, 2, 2, 2."""
+
+    classifier_name = "linear"
+
+    def __init__(self, blocks: Sequence[int] = (3, 4, 6, 3), in_chans: int = 3, num_classes: int = 100,
+                 global_pool: str = "avg", drop_rate: float = 0.0):
+        super().__init__()
+        self.in_chans = in_chans
+        self.conv1 = nn.Conv2d(in_chans, 64, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.act1 = nn.ReLU(inplace=True)
+        self.feature_info = []
+        prev, reduction = 64, 1
+        for i, (planes, count) in enumerate(zip((64, 128, 256, 512), blocks)):
+            stride = 1 if i == 0 else 2
+            reduction *= stride
+            layer = [Bottleneck(prev if j == 0 else planes * 4, planes, stride if j == 0 else 1) for j in range(count)]
+            self.add_module(f"layer{i + 1}", nn.Sequential(*layer))
+            prev = planes * 4
+            self.feature_info.append(dict(num_chs=prev, reduction=reduction, module=f"layer{i + 1}"))
+        self.num_features = prev
+        self._init_head(num_classes, global_pool, drop_rate)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.bn1(self.conv1(x)))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+@register_model
+def cifar_resnet50(pretrained: bool = False, **kwargs) -> CifarBottleneckResNet:
+    return build_cifar_model(CifarBottleneckResNet, "cifar_resnet50", pretrained, num_taps=4, **kwargs)

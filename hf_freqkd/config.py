@@ -142,6 +142,10 @@ class DataArguments:
     eval_split: Optional[str] = field(
         default=None, metadata={"help": "Split to evaluate on; 'validation' or 'test' when unset."}
     )
+    validation_fraction: Optional[float] = field(
+        default=None,
+        metadata={"help": "Hold out this fraction of the train split (stratified, seeded) for evaluation when the dataset has no eval split."},
+    )
     image_column: Optional[str] = field(default=None, metadata={"help": "Image column; detected when unset."})
     label_column: Optional[str] = field(default=None, metadata={"help": "Label column; detected when unset."})
     image_size: Optional[int] = field(
@@ -158,6 +162,8 @@ class DataArguments:
 
         if self.augmentation not in AUGMENTATIONS:
             raise ValueError(f"augmentation = {self.augmentation!r} is invalid: expected one of {', '.join(AUGMENTATIONS)}")
+        if self.validation_fraction is not None and not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction = {self.validation_fraction} is invalid: expected a number in (0, 1)")
         for name in ("image_size", "max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:

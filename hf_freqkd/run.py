@@ -69,6 +69,13 @@ def prepare_run(
     image_column, label_column = detect_columns(train_data, data_args.image_column, data_args.label_column)
     num_classes = model_args.num_classes or count_classes(train_data, label_column)
     eval_data = data[eval_split] if eval_split else None
+    if data_args.validation_fraction:
+        if eval_data is not None:
+            raise ValueError(f"validation_fraction is set but the dataset already has the eval split '{eval_split}'; unset one of them")
+        held_out = train_data.train_test_split(
+            test_size=data_args.validation_fraction, seed=args.seed, stratify_by_column=label_column if _is_class_label(train_data, label_column) else None
+        )
+        train_data, eval_data, eval_split = held_out["train"], held_out["test"], f"{train_split} (held out)"
     if data_args.max_train_samples:
         train_data = train_data.select(range(min(data_args.max_train_samples, len(train_data))))
     if eval_data is not None and data_args.max_eval_samples:
@@ -100,6 +107,12 @@ def prepare_run(
         raise ValueError(f"eval_strategy is '{args.eval_strategy}' but the dataset has no evaluation split (splits: {', '.join(splits)})")
     trainer = DistillationTrainer(model=student, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset)
     return trainer, args, model_args, data_args
+
+
+def _is_class_label(dataset, column: str) -> bool:
+    import datasets
+
+    return isinstance(dataset.features[column], datasets.ClassLabel)
 
 
 def check_output_dir(args: DistillationConfig) -> None:

@@ -56,3 +56,19 @@ def test_demo_prints_the_three_rows(tmp_path, capsys):
     assert "| student resnet8 + KD |" in out and "first 64 training images" in out
     with pytest.raises(ValueError, match="already exists"):
         run_demo(tmp_path / "demo")
+
+
+def test_validation_fraction_holds_out_a_stratified_eval_split(tmp_path):
+    from hf_freqkd.data import load_digits_dataset
+    from hf_freqkd.run import prepare_run
+
+    parquet = tmp_path / "train_only.parquet"
+    load_digits_dataset()["train"].select(range(200)).to_parquet(str(parquet))
+    common = {**FAST, "student_model": "resnet8", "max_steps": 1, "output_dir": str(tmp_path / "v"), "dataset": str(parquet)}
+    trainer, *_ = prepare_run("teacher", defaults={**common, "validation_fraction": 0.25})
+    assert (len(trainer.train_dataset), len(trainer.eval_dataset)) == (150, 50)
+    eval_labels = [trainer.eval_dataset[i]["labels"] for i in range(50)]
+    assert all(eval_labels.count(digit) in (4, 5, 6) for digit in range(10))  # stratified: about 5 per class
+
+    with pytest.raises(ValueError, match="validation_fraction is set but the dataset already has the eval split 'test'"):
+        prepare_run("teacher", defaults={**common, "dataset": "digits", "validation_fraction": 0.2})

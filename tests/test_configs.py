@@ -68,6 +68,7 @@ def test_config_builds_and_trains_one_step(config_path, tmp_path):
         num_classes = 100 if "cifar100" in values["dataset"] else 10
         overrides.append(f"dataset={stand_in_dataset(tmp_path, values, num_classes)}")
         overrides.append("eval_split=null")
+        overrides.append("validation_fraction=null")
     teacher = values.get("teacher_model")
     if teacher and not Path(teacher).exists():
         overrides.append(f"teacher_model={teacher_architecture(teacher)}")

@@ -3,6 +3,7 @@
     hf-freqkd methods                                   registered methods, options, defaults
     hf-freqkd train-teacher --config X.yaml [k=v ...]   CE training of a teacher
     hf-freqkd distill --config X.yaml [k=v ...]         distil a student from a teacher
+    hf-freqkd fit-prompts --config X.yaml [k=v ...]     FreeKD stage 1: fit frequency prompts on the teacher
     hf-freqkd demo [--output-dir D]                     offline digits demo: teacher, KD, scratch
 
 The same entry points run under ``accelerate launch scripts/<name>.py``.
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("methods", help="list registered distillation methods with their options and defaults")
     _add_run_arguments(commands.add_parser("train-teacher", help="train a teacher with cross-entropy"))
     _add_run_arguments(commands.add_parser("distill", help="distil a student from a teacher"))
+    _add_run_arguments(commands.add_parser("fit-prompts", help="FreeKD stage 1: fit frequency prompts on the frozen teacher"))
     demo = commands.add_parser("demo", help="offline demo on scikit-learn's digits: teacher, student + KD, student alone")
     demo.add_argument("--output-dir", default="hf_freqkd_demo", help="folder for the demo's runs (default: hf_freqkd_demo)")
     demo.add_argument("--seed", type=int, default=0)
@@ -64,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
             if result.export_dir:  # only the main process exports and reports
                 print(f"evaluation: {result.metrics}")
                 print(f"student exported to {result.export_dir}")
+        elif args.command == "fit-prompts":
+            from .prompt_fitting import run_fit_prompts
+
+            result = run_fit_prompts(args.config, args.overrides)
+            if result.path:  # only the main process writes and reports
+                print(result.summary())
         elif args.command == "demo":
             from .demo import run_demo
 

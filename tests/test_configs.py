@@ -12,9 +12,11 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
+import timm
 import yaml
 from PIL import Image
 
+from hf_freqkd.prompt_fitting import run_fit_prompts
 from hf_freqkd.run import prepare_run
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -70,8 +72,14 @@ def test_config_builds_and_trains_one_step(config_path, tmp_path):
         overrides.append("eval_split=null")
         overrides.append("validation_fraction=null")
     teacher = values.get("teacher_model")
-    if teacher and not Path(teacher).exists():
+    if teacher and not Path(teacher).exists() and not timm.is_model(teacher):
         overrides.append(f"teacher_model={teacher_architecture(teacher)}")
+    # Pretrained weights come from the Hub: the offline test builds the same architectures at random.
+    overrides += [f"{key}=false" for key in ("teacher_pretrained", "student_pretrained") if values.get(key)]
+    if "freekd" in values.get("methods", {}):
+        # FreeKD's stage 2 reads prompts that stage 1 fits: run stage 1 for one step first.
+        overrides.append(f"methods.freekd.prompts_path={tmp_path / 'prompts.safetensors'}")
+        run_fit_prompts(str(config_path), [*overrides, "methods.freekd.prompt_steps=1", "methods.freekd.prompt_batch_size=4", "methods.freekd.prompt_report_batches=1"])
     mode = "teacher" if set(values.get("methods", {"ce": {}})) == {"ce"} and not teacher else "distill"
     trainer, args, *_ = prepare_run(mode, str(config_path), overrides)
     trainer.train()

@@ -1,1 +1,11 @@
 """Frequency transforms: 1-D wavelets of logit vectors (FiGKD), 2-D wavelets of feature maps (FreeKD)."""
+
+from .wavelet2d import (  # noqa: F401  the FreeKD 2-D transform
+    BOUNDARY_MODES,
+    ORIENTATIONS,
+    WaveletBands,
+    check_wavelet_settings,
+    is_discrete_wavelet,
+    wavelet_decompose,
+    wavelet_reconstruct,
+)

@@ -10,6 +10,8 @@ from .registry import available_methods, build_methods, get_method_class, normal
 # Registration happens on import; keep one line per method file.
 from . import ce, kd  # noqa: E402,F401  isort:skip
 from . import dkd, figkd  # noqa: E402,F401  isort:skip
+from . import freekd  # noqa: E402,F401  isort:skip
+from . import fam  # noqa: E402,F401  isort:skip
 
 __all__ = [
     "DistillationMethod",

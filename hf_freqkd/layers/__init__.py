@@ -1,0 +1,1 @@
+"""Small composable layers of the distillation methods, one file each."""

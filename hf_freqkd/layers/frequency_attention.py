@@ -1,0 +1,299 @@
+"""FAM-KD's two layers (Pham et al., "Frequency Attention for Knowledge Distillation", WACV 2024).
+
+:class:`FrequencyAttention` is the frequency attention module: a global branch that mixes channels
+frequency by frequency with a learnable complex filter and drops the lowest frequencies, a local
+1x1 convolution, their sum weighted by two learnable scalars, then BatchNorm (and ReLU).
+
+:class:`LocalSelfAttention` is the 3x3 local self-attention the knowledge-review variant fuses a
+stage's student feature with the residual from the deeper stage (Stand-Alone Self-Attention,
+Ramachandran et al. 2019, as the released code uses it).
+
+Each has two paths computing the same function: the default is optimised, ``reference=True`` is a
+direct transcription of the paper and the released code, kept to check the optimised one (the
+tests compare outputs and gradients).
+
+Why the optimised global branch may use ``rfft2``. With ``X = fft2(x)`` of a real ``x``,
+``Y(k) = M(k) * sum_i X_i(k) K_io(k)`` (``M`` the high-pass mask) and ``out = Re(ifft2(Y))``:
+``Re(ifft2(Y)) = ifft2(Z)`` with ``Z(k) = (Y(k) + conj(Y(-k))) / 2``, and ``X(-k) = conj(X(k))``
+gives ``Z(k) = sum_i X_i(k) E_io(k)`` with ``E(k) = (M(k) K(k) + M(-k) conj(K(-k))) / 2``. ``Z`` is
+Hermitian, so ``out = irfft2(Z)`` needs ``Z`` on half the frequencies only: half the transforms and
+half the channel mixing, for the price of forming ``E`` once per step (independent of the batch).
+The mixing is one complex batched matmul with the frequency axis first, ``(H W', B, C_in) @ (H W',
+C_in, C_out)``; the filter is stored frequency-first so forming ``E`` is a gather and two
+elementwise operations.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def high_pass_half_sizes(height: int, width: int, ratio: float) -> tuple[int, int]:
+    """Half-sizes of the centred box of low frequencies the released code zeroes (after fftshift)."""
+    return int(ratio * (height // 2)), int(ratio * (width // 2))
+
+
+def high_pass_mask(height: int, width: int, ratio: float) -> torch.Tensor:
+    """``(height, width)`` bool mask in ``torch.fft`` order (no shift): False where a frequency is zeroed.
+
+    The released code zeroes ``[c - r, c + r)`` around the centre ``c = n // 2`` of the shifted
+    spectrum on each axis, i.e. the signed frequencies ``-r .. r - 1`` (an asymmetric box: at 32x32,
+    ``r = 1``, DC and its three neighbours towards negative frequencies). ``r`` is 0 for maps of
+    16x16 and smaller at the default ratio 0.1, so nothing is zeroed there.
+    """
+    half_h, half_w = high_pass_half_sizes(height, width, ratio)
+    rows = torch.fft.fftfreq(height, 1.0 / height).round().long()
+    cols = torch.fft.fftfreq(width, 1.0 / width).round().long()
+    # fftfreq puts n/2 of an even axis at -n/2, as fftshift does: the box matches the shifted slice.
+    low_rows = (rows >= -half_h) & (rows < half_h)
+    low_cols = (cols >= -half_w) & (cols < half_w)
+    return ~(low_rows[:, None] & low_cols[None, :])
+
+
+def global_filter_reference(x: torch.Tensor, filter_complex: torch.Tensor, high_pass_ratio: float) -> torch.Tensor:
+    """The global branch as published: full fft2, per-frequency mixing, box zeroed after fftshift, real part.
+
+    ``x``: ``(B, C_in, H, W)`` real; ``filter_complex``: ``(C_in, C_out, H, W)`` complex.
+    """
+    spectrum = torch.fft.fft2(x, norm="ortho")
+    mixed = torch.einsum("bihw,iohw->bohw", spectrum, filter_complex)
+    shifted = torch.fft.fftshift(mixed, dim=(-2, -1))
+    height, width = shifted.shape[-2:]
+    centre_h, centre_w = height // 2, width // 2
+    half_h, half_w = high_pass_half_sizes(height, width, high_pass_ratio)
+    shifted = shifted.clone()
+    shifted[..., centre_h - half_h:centre_h + half_h, centre_w - half_w:centre_w + half_w] = 0
+    mixed = torch.fft.ifftshift(shifted, dim=(-2, -1))
+    return torch.fft.ifft2(mixed, s=(height, width), norm="ortho").real
+
+
+class FrequencyAttention(nn.Module):
+    """The frequency attention module: ``C_in`` -> ``C_out`` channels on ``size`` maps.
+
+    ``out = act(BN(gamma_global * Re(ifft2(M * (fft2(x) K))) + gamma_local * conv1x1(x)))``
+
+    Args:
+        in_channels, out_channels: channel counts of input and output.
+        size: ``(H, W)`` of the maps it takes (the filter has one entry per frequency).
+        high_pass_ratio: relative half-size of the zeroed box of low frequencies (0 keeps all).
+        activation: ReLU after the BatchNorm (the knowledge-review variant); False ends at the BatchNorm.
+        reference: compute the global branch with :func:`global_filter_reference` (slower, same result).
+
+    Parameters: ``filter`` ``(H, W, C_in, C_out, 2)`` holds the real and imaginary parts of the
+    paper's ``K[i, o, u, v]`` frequency-first (:meth:`complex_filter` returns it as ``(C_in, C_out,
+    H, W)``), both initialised ``U[0, 1) / (C_in * C_out)`` as in the released code; ``local`` (1x1
+    conv with bias, PyTorch's default initialisation); ``gamma_global`` and ``gamma_local`` at 0.5.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        size: tuple[int, int],
+        high_pass_ratio: float = 0.1,
+        activation: bool = True,
+        reference: bool = False,
+    ):
+        super().__init__()
+        height, width = size
+        if min(in_channels, out_channels, height, width) < 1:
+            raise ValueError(f"FrequencyAttention needs positive channels and size, got {in_channels} -> {out_channels} on {size}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.size = (height, width)
+        self.high_pass_ratio = high_pass_ratio
+        self.reference = reference
+        self.filter = nn.Parameter(torch.rand(height, width, in_channels, out_channels, 2) / (in_channels * out_channels))
+        self.local = nn.Conv2d(in_channels, out_channels, 1)
+        self.gamma_global = nn.Parameter(torch.tensor(0.5))
+        self.gamma_local = nn.Parameter(torch.tensor(0.5))
+        self.norm = nn.BatchNorm2d(out_channels)
+        self.act = nn.ReLU() if activation else nn.Identity()
+        # E(k) = keep(k) K(k) + keep_negated(k) conj(K(-k)) on the half spectrum (the 1/2 and the
+        # conjugation's sign folded into the factors); K(-k) is read with one gather.
+        half_width = width // 2 + 1
+        rows, cols = torch.arange(height)[:, None], torch.arange(half_width)[None, :]
+        negated_index = ((-rows) % height * width + (-cols) % width).reshape(-1)
+        mask = high_pass_mask(height, width, high_pass_ratio).float()
+        keep = mask[:, :half_width] / 2
+        keep_negated = (mask.reshape(-1)[negated_index] / 2).reshape(height, half_width)
+        self.register_buffer("negated_index", negated_index, persistent=False)
+        self.register_buffer("keep", keep[:, :, None, None, None], persistent=False)
+        self.register_buffer("keep_negated", keep_negated[:, :, None, None, None] * torch.tensor([1.0, -1.0]), persistent=False)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, size={self.size}, high_pass_ratio={self.high_pass_ratio}"
+
+    def complex_filter(self) -> torch.Tensor:
+        """The paper's ``K``: ``(C_in, C_out, H, W)`` complex."""
+        return torch.view_as_complex(self.filter).permute(2, 3, 0, 1)
+
+    def global_branch(self, x: torch.Tensor) -> torch.Tensor:
+        # Half precision has no CPU FFT and would round the filter's small entries (1 / (C_in C_out)).
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.to(self.filter.dtype)
+            if self.reference:
+                return global_filter_reference(x, self.complex_filter(), self.high_pass_ratio)
+            return self._global_branch_half_spectrum(x)
+
+    def _effective_filter(self) -> torch.Tensor:
+        """``E`` on the half spectrum: ``(H * W', C_in, C_out)`` complex, ``W' = W // 2 + 1``."""
+        height, width = self.size
+        half_width = width // 2 + 1
+        negated = self.filter.view(height * width, *self.filter.shape[2:]).index_select(0, self.negated_index)
+        effective = torch.addcmul(
+            self.filter[:, :half_width] * self.keep, negated.view(height, half_width, *negated.shape[1:]), self.keep_negated
+        )
+        return torch.view_as_complex(effective.view(height * half_width, *effective.shape[2:]))
+
+    def _global_branch_half_spectrum(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        height, width = self.size
+        half_width = width // 2 + 1
+        spectrum = torch.fft.rfft2(x, norm="ortho")  # (B, C_in, H, W')
+        spectrum = spectrum.permute(2, 3, 0, 1).reshape(height * half_width, batch, self.in_channels)
+        mixed = torch.bmm(spectrum, self._effective_filter())  # (H W', B, C_out)
+        mixed = mixed.view(height, half_width, batch, self.out_channels).permute(2, 3, 0, 1)
+        return torch.fft.irfft2(mixed, s=(height, width), norm="ortho")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != self.size or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"FrequencyAttention was built for ({self.in_channels}, {self.size[0]}, {self.size[1]}) inputs "
+                f"but got {tuple(x.shape[1:])}: its filter has one entry per frequency of a {self.size[0]}x{self.size[1]} map"
+            )
+        mixed = self.gamma_global * self.global_branch(x) + self.gamma_local * self.local(x)
+        return self.act(self.norm(mixed))
+
+
+class LocalSelfAttention(nn.Module):
+    """Local self-attention over ``kernel_size`` windows: queries from ``guide``, keys and values from ``x``.
+
+    ``out[c, p] = sum_j softmax_j(q[c, p] * (k[c, p + d_j] + r[c, j])) * v[c, p + d_j]`` over the
+    ``kernel_size**2`` offsets ``d_j`` of the window, with ``q``, ``k``, ``v`` bias-free 1x1
+    convolutions (of ``guide``, ``x``, ``x``), keys and values zero outside the map, and learned
+    relative-position terms ``r``: the first ``C // 2`` channels get a term per window row, the
+    others one per window column. The attention logits are per channel (the product is elementwise,
+    not a dot product over a group), so the released code's 4 groups do not change the result and
+    there is no groups argument.
+
+    Initialisation as in the released code: convolutions Kaiming-normal (fan_out, ReLU), relative
+    terms N(0, 1).
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3, reference: bool = False):
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"LocalSelfAttention needs an odd kernel_size, got {kernel_size}")
+        self.channels, self.kernel_size, self.reference = channels, kernel_size, reference
+        self.query = nn.Conv2d(channels, channels, 1, bias=False)
+        self.key = nn.Conv2d(channels, channels, 1, bias=False)
+        self.value = nn.Conv2d(channels, channels, 1, bias=False)
+        self.rel_h = nn.Parameter(torch.randn(channels // 2, kernel_size))
+        self.rel_w = nn.Parameter(torch.randn(channels - channels // 2, kernel_size))
+        for conv in (self.query, self.key, self.value):
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, kernel_size={self.kernel_size}"
+
+    def relative_terms(self) -> torch.Tensor:
+        """``r``: ``(C, kernel_size**2)``, window offsets in row-major order."""
+        size = self.kernel_size
+        rows = self.rel_h[:, :, None].expand(-1, size, size)
+        cols = self.rel_w[:, None, :].expand(-1, size, size)
+        return torch.cat([rows, cols], 0).reshape(self.channels, size * size)
+
+    def forward(self, x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+        if guide.shape != x.shape:
+            raise ValueError(f"LocalSelfAttention needs guide and x of one shape, got {tuple(guide.shape)} and {tuple(x.shape)}")
+        if self.reference:
+            return self._forward_reference(x, guide)
+        pad = self.kernel_size // 2
+        query = self.query(guide)
+        # One convolution for keys and values; a bias-free 1x1 conv of zero padding is zero padding.
+        keys_values = F.conv2d(x, torch.cat([self.key.weight, self.value.weight]))
+        keys_values = F.pad(keys_values, [pad] * 4)
+        keys, values = keys_values.split(self.channels, 1)
+        return _LocalAttention.apply(query, keys.contiguous(), values.contiguous(), self.relative_terms(), self.kernel_size)
+
+    def _forward_reference(self, x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+        """As the released code: unfold the padded keys and values, softmax over the window."""
+        batch, channels, height, width = x.shape
+        size, pad = self.kernel_size, self.kernel_size // 2
+        padded = F.pad(x, [pad] * 4)
+        query = self.query(guide)
+        keys = self.key(padded).unfold(2, size, 1).unfold(3, size, 1)  # (B, C, H, W, size, size)
+        values = self.value(padded).unfold(2, size, 1).unfold(3, size, 1)
+        keys_h, keys_w = keys.split([channels // 2, channels - channels // 2], 1)
+        keys = torch.cat((keys_h + self.rel_h[:, None, None, :, None], keys_w + self.rel_w[:, None, None, None, :]), 1)
+        keys = keys.contiguous().view(batch, channels, height, width, size * size)
+        values = values.contiguous().view(batch, channels, height, width, size * size)
+        weights = F.softmax(query.unsqueeze(-1) * keys, dim=-1)
+        return torch.einsum("bchwk,bchwk->bchw", weights, values)
+
+
+def _windows(padded: torch.Tensor, size: int, height: int, width: int) -> torch.Tensor:
+    """``(size, size, B, C, H, W)`` view of the sliding windows of a padded ``(B, C, H + 2p, W + 2p)`` map."""
+    batch, channels = padded.shape[:2]
+    stride_b, stride_c, stride_h, stride_w = padded.stride()
+    return padded.as_strided((size, size, batch, channels, height, width), (stride_h, stride_w, stride_b, stride_c, stride_h, stride_w))
+
+
+class _LocalAttention(torch.autograd.Function):
+    """Window softmax attention on zero-padded keys and values, on strided window views.
+
+    Autograd through ``unfold`` keeps several ``(B, C, H, W, k*k)`` copies (windows of keys and
+    values, logits, weights) and scatters the window gradients back; here the only saved
+    ``k*k``-sized tensor is the attention weights, and the window sums are accumulated offset by
+    offset into ``(B, C, H, W)`` tensors, which stay in cache.
+    """
+
+    @staticmethod
+    def forward(ctx, query, keys, values, relative, kernel_size):
+        batch, channels, height, width = query.shape
+        offsets = kernel_size * kernel_size
+        weights = query.new_empty((offsets, batch, channels, height, width))
+        torch.add(
+            _windows(keys, kernel_size, height, width),
+            relative.t().reshape(kernel_size, kernel_size, 1, channels, 1, 1),
+            out=weights.view(kernel_size, kernel_size, batch, channels, height, width),
+        )
+        weights = torch.softmax(weights.mul_(query), 0)
+        value_windows = _windows(values, kernel_size, height, width)
+        out = torch.zeros_like(query)
+        for j in range(offsets):
+            out.addcmul_(weights[j], value_windows[divmod(j, kernel_size)])
+        ctx.save_for_backward(query, keys, values, relative, weights)
+        ctx.kernel_size = kernel_size
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        query, keys, values, relative, weights = ctx.saved_tensors
+        size = ctx.kernel_size
+        offsets, batch, channels, height, width = weights.shape
+        grad_out = grad_out.contiguous()
+        # Softmax backward: d logits_j = a_j * (g_j - sum_i a_i g_i), with g_j = grad_out * v_j.
+        grad_logits = torch.empty_like(weights)
+        torch.mul(
+            _windows(values, size, height, width), grad_out,
+            out=grad_logits.view(size, size, batch, channels, height, width),
+        )
+        grad_logits.sub_((weights * grad_logits).sum(0)).mul_(weights)
+        relative_per_offset = relative.t().reshape(offsets, 1, channels, 1, 1)
+        grad_query = (grad_logits * relative_per_offset).sum(0)
+        grad_keys, grad_values = torch.zeros_like(keys), torch.zeros_like(values)
+        # (window row, window column) views; they overlap, so gradients accumulate one offset at a time.
+        key_windows = _windows(keys, size, height, width)
+        grad_key_windows = _windows(grad_keys, size, height, width)
+        grad_value_windows = _windows(grad_values, size, height, width)
+        for j in range(offsets):
+            grad_query.addcmul_(grad_logits[j], key_windows[divmod(j, size)])
+            grad_value_windows[divmod(j, size)].addcmul_(weights[j], grad_out)
+        grad_logits.mul_(query)
+        for j in range(offsets):
+            grad_key_windows[divmod(j, size)].add_(grad_logits[j])
+        return grad_query, grad_keys, grad_values, grad_logits.sum((1, 3, 4)).reshape(offsets, channels).t(), None

@@ -8,11 +8,11 @@
    CIFAR ResNet32x4 -> ResNet8x4 (layer3 -> layer3, 256 channels, 8 x 8), and a ViT-Tiny-like student
    (patch 4 at 32 px: 8 x 8 tokens, 192 wide, 12 blocks) from the same teacher. Target <= 1.3x.
 2. The band loss alone (forward + backward w.r.t. the student map: 3-level haar decomposition of
-   student and teacher maps, teacher masks from (4, T, C) prompts, masked L1 of the high bands):
-   ours (ptwt, masks summed over prompts before the product) against the released code's computation
-   with pytorch_wavelets (DWTForward, the (B, T, C, 3, h, w) broadcast), and ours with pytorch_wavelets'
-   transform to separate the library from the algebra. pytorch_wavelets is optional (not a
-   dependency): ``pip install pytorch_wavelets``.
+   student and teacher maps, teacher masks from (4, T, C) prompts, masked L1 of the high bands),
+   implementations measured alternately: ours (masks summed over prompts before the product) with
+   each wavelet backend, ours on pytorch_wavelets' transform, and the released code's computation
+   (pytorch_wavelets' DWTForward, the (B, T, C, 3, h, w) broadcast). pytorch_wavelets is optional
+   (not a dependency): ``pip install pytorch_wavelets``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from __future__ import annotations
 import argparse
 import importlib.resources
 import os
+import statistics
 import sys
 import tempfile
+import time
 import types
 
 import timm
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 import hf_freqkd  # noqa: F401  registers the CIFAR zoo
 from hf_freqkd.frequency import wavelet_decompose
 from hf_freqkd.layers.frequency_prompts import band_masks, masked_band_l1, save_prompts
-from hf_freqkd.speed import time_call, time_step
+from hf_freqkd.speed import time_step
 
 
 def import_pytorch_wavelets():
@@ -87,8 +89,8 @@ def released_band_loss(dwt, student_map, teacher_map, prompts):
     return loss
 
 
-def our_band_loss(student_map, teacher_map, prompts):
-    teacher_bands, student_bands = wavelet_decompose(teacher_map), wavelet_decompose(student_map)
+def our_band_loss(student_map, teacher_map, prompts, backend="auto"):
+    teacher_bands, student_bands = wavelet_decompose(teacher_map, backend=backend), wavelet_decompose(student_map, backend=backend)
     with torch.no_grad():
         masks = band_masks(prompts, teacher_bands)
     return sum(masked_band_l1(s, t, m) for s, t, m in zip(student_bands.high, teacher_bands.high, masks[1:]))
@@ -107,53 +109,67 @@ def ours_on_pytorch_wavelets(dwt, student_map, teacher_map, prompts):
     return loss
 
 
-def band_loss_timings(shapes: list[tuple[int, int, int, int]], num_prompts: int, iterations: int) -> list[str]:
+def band_loss_timings(shapes: list[tuple[int, int, int, int]], num_prompts: int, iterations: int, warmup: int = 3) -> list[str]:
+    """Median ms of each implementation, measured alternately so that load from other processes
+    hits all of them alike."""
     DWTForward = import_pytorch_wavelets()
+    names = [
+        "ours (default: matrix backend at these sizes)",
+        "ours, ptwt backend",
+        "ours on pytorch_wavelets' DWT",
+        "released code (pytorch_wavelets, broadcast)",
+    ]
     lines = ["| band loss, fwd + bwd (ms) | " + " | ".join("x".join(map(str, s)) for s in shapes) + " |", "|---|" + "---:|" * len(shapes)]
-    rows = {"ours (ptwt, masks summed first)": [], "released code (pytorch_wavelets, broadcast)": [], "ours on pytorch_wavelets' DWT": []}
+    cells: dict[str, list[str]] = {name: [] for name in names}
     for shape in shapes:
         torch.manual_seed(0)
         student_map = torch.randn(*shape, requires_grad=True)
         teacher_map = torch.randn(*shape)
         prompts = torch.randn(4, num_prompts, shape[1]) * 0.05
-
-        def run(loss_fn):
-            def call():
+        losses = {
+            names[0]: lambda: our_band_loss(student_map, teacher_map, prompts),
+            names[1]: lambda: our_band_loss(student_map, teacher_map, prompts, backend="ptwt"),
+        }
+        if DWTForward is not None:
+            dwt = DWTForward(J=3, mode="zero", wave="haar")
+            losses[names[2]] = lambda: ours_on_pytorch_wavelets(dwt, student_map, teacher_map, prompts)
+            losses[names[3]] = lambda: released_band_loss(dwt, student_map, teacher_map, prompts)
+        reference = losses[names[0]]()
+        for loss in losses.values():  # the same quantity, every way
+            torch.testing.assert_close(loss(), reference, rtol=1e-4, atol=1e-6)
+        times: dict[str, list[float]] = {name: [] for name in losses}
+        for i in range(warmup + iterations):
+            for name, loss in losses.items():
                 student_map.grad = None
-                loss_fn().backward()
-
-            return f"{1e3 * time_call(call, iterations):.1f}"
-
-        rows["ours (ptwt, masks summed first)"].append(run(lambda: our_band_loss(student_map, teacher_map, prompts)))
-        if DWTForward is None:
-            rows["released code (pytorch_wavelets, broadcast)"].append("n/a")
-            rows["ours on pytorch_wavelets' DWT"].append("n/a")
-            continue
-        dwt = DWTForward(J=3, mode="zero", wave="haar")
-        released = released_band_loss(dwt, student_map, teacher_map, prompts)
-        ours = our_band_loss(student_map, teacher_map, prompts)
-        torch.testing.assert_close(ours, released, rtol=1e-4, atol=1e-6)  # the same quantity
-        rows["released code (pytorch_wavelets, broadcast)"].append(run(lambda: released_band_loss(dwt, student_map, teacher_map, prompts)))
-        rows["ours on pytorch_wavelets' DWT"].append(run(lambda: ours_on_pytorch_wavelets(dwt, student_map, teacher_map, prompts)))
-    lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows.items()]
-    return lines
+                start = time.perf_counter()
+                loss().backward()
+                if i >= warmup:
+                    times[name].append(time.perf_counter() - start)
+        for name in names:
+            cells[name].append(f"{1e3 * statistics.median(times[name]):.1f}" if name in times else "n/a")
+    return lines + [f"| {name} | " + " | ".join(cells[name]) + " |" for name in names]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-steps", action="store_true", help="only the band-loss table")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}\n")
 
-    print("## FreeKD step / (student train step + teacher no-grad forward), batch 64, 32 px\n")
-    with tempfile.TemporaryDirectory() as prompts_dir:
-        print("\n".join(step_ratios(args.iterations, prompts_dir)))
+    if not args.skip_steps:
+        print("## FreeKD step / (student train step + teacher no-grad forward), batch 64, 32 px\n")
+        with tempfile.TemporaryDirectory() as prompts_dir:
+            print("\n".join(step_ratios(args.iterations, prompts_dir)))
 
     print("\n## Wavelet band loss alone (3-level haar, T = 2, student and teacher maps), median ms\n")
     print("\n".join(band_loss_timings([(64, 256, 8, 8), (64, 256, 32, 32), (16, 1024, 14, 14)], num_prompts=2, iterations=args.iterations)))
-    print(f"\nCommand: python benchmarks/bench_freekd.py --iterations {args.iterations}")
+    flags = f"--iterations {args.iterations} --threads {args.threads}" + (" --skip-steps" if args.skip_steps else "")
+    print(f"\nCommand: python benchmarks/bench_freekd.py {flags}")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

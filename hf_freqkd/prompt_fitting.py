@@ -186,6 +186,7 @@ class PromptedTeacher(nn.Module):
         wavelet: str = "haar",
         levels: int = 3,
         mode: str = "zero",
+        wavelet_backend: str = "auto",
         dissimilarity: str = "jaccard",
         dissimilarity_weight: float = 1.0,
         task_loss: TaskLoss | None = None,
@@ -195,7 +196,7 @@ class PromptedTeacher(nn.Module):
         self.prompts = prompts
         self.info = BackboneInfo.of(teacher)
         self.is_transformers = is_transformers_model(teacher)
-        self.wavelet, self.levels, self.mode = wavelet, levels, mode
+        self.wavelet, self.levels, self.mode, self.wavelet_backend = wavelet, levels, mode, wavelet_backend
         self.dissimilarity, self.dissimilarity_weight = dissimilarity, dissimilarity_weight
         self.task_loss = task_loss or classification_loss
         #: False runs the teacher alone (the "without prompts" report)
@@ -220,9 +221,9 @@ class PromptedTeacher(nn.Module):
     def refine(self, layer: str, feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(the layer's output with refined bands, in its own layout and dtype; the mask overlap)."""
         feature_map = self.info.to_map(feature, self._input_size)
-        bands = wavelet_decompose(feature_map, self.wavelet, self.levels, self.mode)
+        bands = wavelet_decompose(feature_map, self.wavelet, self.levels, self.mode, self.wavelet_backend)
         masks = band_masks(self.prompts.prompt(layer), bands)
-        refined = wavelet_reconstruct(refine_bands(bands, masks), self.wavelet).to(feature.dtype)
+        refined = wavelet_reconstruct(refine_bands(bands, masks), self.wavelet, self.wavelet_backend).to(feature.dtype)
         overlap = torch.stack([mask_overlap(mask, self.dissimilarity) for mask in masks]).sum()
         return _from_map(refined, feature, self.info), overlap
 
@@ -398,6 +399,7 @@ def fit_prompts(
         wavelet=options.wavelet,
         levels=options.levels,
         mode=options.mode,
+        wavelet_backend=options.wavelet_backend,
         dissimilarity=options.dissimilarity,
         dissimilarity_weight=options.dissimilarity_weight,
         task_loss=task_loss,

@@ -152,8 +152,9 @@ class FrequencyAttention(nn.Module):
         height, width = self.size
         half_width = width // 2 + 1
         spectrum = torch.fft.rfft2(x, norm="ortho")  # (B, C_in, H, W')
-        spectrum = spectrum.permute(2, 3, 0, 1).reshape(height * half_width, batch, self.in_channels)
-        mixed = torch.bmm(spectrum, self._effective_filter())  # (H W', B, C_out)
+        # Frequency-major copy: as a strided view (batch stride 1), bmm would copy each matrix on its own.
+        spectrum = spectrum.permute(2, 3, 0, 1).contiguous().view(height * half_width, batch, self.in_channels)
+        mixed = _FrequencyMixing.apply(spectrum, self._effective_filter())  # (H W', B, C_out)
         mixed = mixed.view(height, half_width, batch, self.out_channels).permute(2, 3, 0, 1)
         return torch.fft.irfft2(mixed, s=(height, width), norm="ortho")
 
@@ -165,6 +166,28 @@ class FrequencyAttention(nn.Module):
             )
         mixed = self.gamma_global * self.global_branch(x) + self.gamma_local * self.local(x)
         return self.act(self.norm(mixed))
+
+
+class _FrequencyMixing(torch.autograd.Function):
+    """``torch.bmm`` of complex ``(F, B, C_in)`` and ``(F, C_in, C_out)`` with a batch-major backward.
+
+    The gradient arrives as a permuted view (of the inverse FFT's input); given to ``bmm`` as it is,
+    its batch stride sends ``bmm`` down a per-matrix path that copies each of the F small matrices.
+    """
+
+    @staticmethod
+    def forward(ctx, spectrum, kernel):
+        ctx.save_for_backward(spectrum, kernel)
+        return torch.bmm(spectrum, kernel)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        spectrum, kernel = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_spectrum = torch.bmm(grad, kernel.mH) if ctx.needs_input_grad[0] else None
+        grad_kernel = torch.bmm(spectrum.mH, grad) if ctx.needs_input_grad[1] else None
+        return grad_spectrum, grad_kernel
 
 
 class LocalSelfAttention(nn.Module):
@@ -265,24 +288,25 @@ class _LocalAttention(torch.autograd.Function):
         out = torch.zeros_like(query)
         for j in range(offsets):
             out.addcmul_(weights[j], value_windows[divmod(j, kernel_size)])
-        ctx.save_for_backward(query, keys, values, relative, weights)
+        ctx.save_for_backward(query, keys, values, relative, weights, out)
         ctx.kernel_size = kernel_size
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        query, keys, values, relative, weights = ctx.saved_tensors
+        query, keys, values, relative, weights, out = ctx.saved_tensors
         size = ctx.kernel_size
         offsets, batch, channels, height, width = weights.shape
         grad_out = grad_out.contiguous()
-        # Softmax backward: d logits_j = a_j * (g_j - sum_i a_i g_i), with g_j = grad_out * v_j.
+        # Softmax backward with g_j = grad_out * v_j: d logits_j = a_j (g_j - sum_i a_i g_i)
+        # = a_j * grad_out * (v_j - out), since sum_i a_i v_i is the output.
         grad_logits = torch.empty_like(weights)
-        torch.mul(
-            _windows(values, size, height, width), grad_out,
+        torch.sub(
+            _windows(values, size, height, width), out,
             out=grad_logits.view(size, size, batch, channels, height, width),
         )
-        grad_logits.sub_((weights * grad_logits).sum(0)).mul_(weights)
+        grad_logits.mul_(weights).mul_(grad_out)
         relative_per_offset = relative.t().reshape(offsets, 1, channels, 1, 1)
         grad_query = (grad_logits * relative_per_offset).sum(0)
         grad_keys, grad_values = torch.zeros_like(keys), torch.zeros_like(values)

@@ -30,8 +30,9 @@ from .base import DistillationMethod, MethodOptions, ModelOutputs, require
 from .kd import kl_divergence_with_temperature
 from .registry import register_method
 
-# Above this class count the (C x C) matrix of the matrix backend stops paying off in memory.
-MATRIX_BACKEND_MAX_CLASSES = 4096
+# Above this class count the C x C matmul costs more than ptwt's convolutions
+# (benchmarks/bench_logit_losses.py: at C = 1000, B = 256 ptwt was faster; at C <= 200 the matrix was ~10x faster).
+MATRIX_BACKEND_MAX_CLASSES = 512
 
 
 @dataclass

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..frequency.wavelet2d import BOUNDARY_MODES, is_discrete_wavelet, wavelet_decompose
+from ..frequency.wavelet2d import BACKENDS, BOUNDARY_MODES, is_discrete_wavelet, wavelet_decompose
 from ..layers.frequency_prompts import (
     DISSIMILARITIES,
     FrequencyPrompts,
@@ -78,6 +78,10 @@ class FreeKDOptions(MethodOptions):
     wavelet: str = field(default="haar", metadata={"help": "Discrete wavelet (pywt name: haar, db2, ...)."})
     levels: int = field(default=3, metadata={"help": "Wavelet levels L (>= 1); prompts have shape (L + 1, T, C)."})
     mode: str = field(default="zero", metadata={"help": f"Boundary padding of the transform: {', '.join(BOUNDARY_MODES)}."})
+    wavelet_backend: Literal["auto", "matrix", "ptwt"] = field(
+        default="auto",
+        metadata={"help": "How the transform is computed (same coefficients): 'matrix' (ptwt's 1-D transform as matrix products), 'ptwt' (ptwt.wavedec2), 'auto' (matrix up to 64 px a side)."},
+    )
     # Stage 2 loss
     distill_low: bool = field(default=False, metadata={"help": "Also distil the masked low band (off in paper and code)."})
     mse_weight: float = field(
@@ -125,6 +129,7 @@ class FreeKDOptions(MethodOptions):
         require(is_discrete_wavelet(self.wavelet), "wavelet", self.wavelet, "a discrete wavelet pywt knows (haar, db2, sym4, ...)")
         require(self.levels >= 1, "levels", self.levels, "an integer >= 1")
         require(self.mode in BOUNDARY_MODES, "mode", self.mode, f"one of {', '.join(BOUNDARY_MODES)}")
+        require(self.wavelet_backend in BACKENDS, "wavelet_backend", self.wavelet_backend, f"one of {', '.join(BACKENDS)}")
         require(self.mse_weight >= 0 and math.isfinite(self.mse_weight), "mse_weight", self.mse_weight, "a finite number >= 0")
         require(self.relation_hidden >= 1, "relation_hidden", self.relation_hidden, "an integer >= 1")
         require(
@@ -279,8 +284,8 @@ class FreeKD(DistillationMethod):
                     relation(teacher_map, None if context_teacher is None else context_teacher.detach()),
                     relation(student_map, context_student),
                 )
-            teacher_bands = wavelet_decompose(teacher_map, options.wavelet, options.levels, options.mode)
-            student_bands = wavelet_decompose(student_map, options.wavelet, options.levels, options.mode)
+            teacher_bands = wavelet_decompose(teacher_map, options.wavelet, options.levels, options.mode, options.wavelet_backend)
+            student_bands = wavelet_decompose(student_map, options.wavelet, options.levels, options.mode, options.wavelet_backend)
             masks = self.teacher_masks(teacher_layer, teacher_bands)
             terms = [
                 masked_band_l1(student_band, teacher_band, mask, weights)

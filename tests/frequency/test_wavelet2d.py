@@ -1,4 +1,5 @@
-"""2-D wavelet decomposition of feature maps: pywt's coefficients, exact inverse on odd sizes, float32."""
+"""2-D wavelet decomposition of feature maps: pywt's coefficients, exact inverse on odd sizes, float32,
+the same through both backends (ptwt, ptwt's 1-D transform as matrices)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from hf_freqkd.frequency import wavelet_decompose, wavelet_reconstruct
 
 SIZES = [(16, 16), (25, 42), (9, 7)]
+BACKENDS = ["matrix", "ptwt"]
 # pywt warns that small maps at 3 levels have boundary effects everywhere; that is the point here.
 pytestmark = pytest.mark.filterwarnings("ignore:Level value of .* is too high:UserWarning")
 
@@ -20,11 +22,12 @@ def reference(x: torch.Tensor, wavelet: str, levels: int, mode: str):
     return low, list(reversed(details))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("levels", [1, 2, 3])
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_haar_decomposition_matches_pywt(levels, size):
+def test_haar_decomposition_matches_pywt(levels, size, backend):
     x = torch.randn(2, 3, *size, dtype=torch.float64)
-    bands = wavelet_decompose(x, "haar", levels=levels, mode="zero")
+    bands = wavelet_decompose(x, "haar", levels=levels, mode="zero", backend=backend)
     low, details = reference(x, "haar", levels, "zero")
     assert bands.levels == levels and bands.size == size
     np.testing.assert_allclose(bands.low.numpy(), low, atol=1e-12)
@@ -36,37 +39,58 @@ def test_haar_decomposition_matches_pywt(levels, size):
     assert bands.high[0].shape[-2:] == ((size[0] + 1) // 2, (size[1] + 1) // 2)
 
 
-def test_float32_decomposition_matches_pywt_to_float_tolerance():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_decomposition_matches_pywt_to_float_tolerance(backend):
     x = torch.randn(2, 4, 25, 42)
-    bands = wavelet_decompose(x, levels=3)
+    bands = wavelet_decompose(x, levels=3, backend=backend)
     low, details = reference(x, "haar", 3, "zero")
     assert bands.low.dtype == torch.float32
     np.testing.assert_allclose(bands.low.numpy(), low, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(bands.high[2][:, :, 2].numpy(), details[2][2], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("wavelet, mode", [("db2", "zero"), ("haar", "reflect"), ("sym3", "symmetric")])
-def test_other_wavelets_and_modes_match_pywt(wavelet, mode):
+def test_other_wavelets_and_modes_match_pywt(wavelet, mode, backend):
     x = torch.randn(1, 2, 21, 18, dtype=torch.float64)
-    bands = wavelet_decompose(x, wavelet, levels=2, mode=mode)
+    bands = wavelet_decompose(x, wavelet, levels=2, mode=mode, backend=backend)
     low, details = reference(x, wavelet, 2, mode)
     np.testing.assert_allclose(bands.low.numpy(), low, atol=1e-10)
     np.testing.assert_allclose(bands.high[0][:, :, 1].numpy(), details[0][1], atol=1e-10)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("levels", [1, 2, 3])
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_inverse_reconstructs_the_input_cropped(levels, size):
+def test_inverse_reconstructs_the_input_cropped(levels, size, backend):
     x = torch.randn(2, 5, *size)
-    rebuilt = wavelet_reconstruct(wavelet_decompose(x, levels=levels))
+    rebuilt = wavelet_reconstruct(wavelet_decompose(x, levels=levels, backend=backend), backend=backend)
     assert rebuilt.shape == x.shape and rebuilt.dtype == torch.float32
     torch.testing.assert_close(rebuilt, x, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("wavelet", ["db2", "sym3"])
-def test_inverse_of_longer_wavelets_on_odd_sizes(wavelet):
+def test_inverse_of_longer_wavelets_on_odd_sizes(wavelet, backend):
     x = torch.randn(1, 3, 13, 10, dtype=torch.float64)
-    torch.testing.assert_close(wavelet_reconstruct(wavelet_decompose(x, wavelet, levels=2), wavelet), x)
+    bands = wavelet_decompose(x, wavelet, levels=2, backend=backend)
+    torch.testing.assert_close(wavelet_reconstruct(bands, wavelet, backend=backend), x)
+
+
+def test_backends_agree_in_values_and_gradients_above_the_auto_threshold():
+    x = torch.randn(1, 2, 70, 67, requires_grad=True)  # auto takes ptwt here
+    weights = torch.randn(1, 2, 3, 35, 34)
+    results = []
+    for backend in BACKENDS:
+        x.grad = None
+        bands = wavelet_decompose(x, levels=2, backend=backend)
+        (bands.high[0] * weights).sum().backward()
+        results.append((bands, x.grad.clone(), wavelet_reconstruct(bands, backend=backend)))
+    (matrix, matrix_grad, matrix_rebuilt), (reference, reference_grad, reference_rebuilt) = results
+    torch.testing.assert_close(matrix.low, reference.low, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(matrix.high[1], reference.high[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(matrix_grad, reference_grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(matrix_rebuilt, reference_rebuilt, rtol=1e-5, atol=1e-5)
 
 
 def test_tiny_maps_of_vit_grids_decompose_and_reconstruct():
@@ -77,13 +101,14 @@ def test_tiny_maps_of_vit_grids_decompose_and_reconstruct():
     torch.testing.assert_close(wavelet_reconstruct(bands), x, rtol=1e-5, atol=1e-5)
 
 
-def test_float32_under_bf16_autocast_and_gradients_flow():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_under_bf16_autocast_and_gradients_flow(backend):
     x = torch.randn(2, 4, 9, 9, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         features = torch.nn.functional.conv2d(x, torch.randn(4, 4, 1, 1))
         assert features.dtype == torch.bfloat16
-        bands = wavelet_decompose(features, levels=2)
-        rebuilt = wavelet_reconstruct(bands)
+        bands = wavelet_decompose(features, levels=2, backend=backend)
+        rebuilt = wavelet_reconstruct(bands, backend=backend)
     assert bands.low.dtype == torch.float32 and all(h.dtype == torch.float32 for h in bands.high)
     assert rebuilt.dtype == torch.float32
     bands.high[0].abs().sum().backward()
@@ -104,6 +129,7 @@ def test_bands_layout_round_trip():
         ({"wavelet": "nope"}, "wavelet 'nope' is not a discrete wavelet"),
         ({"levels": 0}, "levels = 0 is invalid"),
         ({"mode": "mirror"}, "boundary mode 'mirror' is invalid"),
+        ({"backend": "fft"}, "backend 'fft' is invalid"),
     ],
 )
 def test_bad_settings_are_named(kwargs, message):

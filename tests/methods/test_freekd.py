@@ -268,6 +268,7 @@ def test_missing_prompts_file_says_how_to_make_it(tmp_path):
         ({"masks": "uniform", "levels": 0}, "option 'levels' = 0 is invalid"),
         ({"masks": "uniform", "wavelet": "wavy"}, "option 'wavelet' = 'wavy' is invalid"),
         ({"masks": "uniform", "mode": "mirror"}, "option 'mode' = 'mirror' is invalid"),
+        ({"masks": "uniform", "wavelet_backend": "fft"}, "option 'wavelet_backend' = 'fft' is invalid"),
         ({"masks": "uniform", "mse_weight": -1}, "option 'mse_weight' = -1.0 is invalid"),
         ({"masks": "uniform", "relation_temperature": 0}, "option 'relation_temperature' = 0.0 is invalid"),
         ({"masks": "uniform", "teacher_layers": []}, "option 'teacher_layers' = \\[\\] is invalid"),

@@ -9,8 +9,8 @@ which FreeKD numbers them (pywt and ptwt list them coarsest first).
 
 Odd sizes: every level pads its input to an even size (zero padding by default, FreeKD's choice),
 so the inverse transform can return one row or column too many; :func:`wavelet_reconstruct` crops
-to the size recorded at decomposition. Both compute in float32 (float64 for float64 input) with
-autocast off, so bf16 / fp16 features under mixed precision are transformed in float32 (ptwt
+to the size recorded at decomposition. The transform runs in float32 (float64 for float64 input)
+with autocast off, so bf16 / fp16 features under mixed precision are transformed in float32 (ptwt
 supports float32/64 only).
 
 Two backends compute the same coefficients:
@@ -21,8 +21,9 @@ Two backends compute the same coefficients:
   (``ptwt.wavedec`` / ``ptwt.waverec`` of the basis vectors, so every wavelet and boundary mode and
   the odd-size cropping are ptwt's), built once per (wavelet, mode, length) and applied as two
   matrix products per level. ptwt folds the channels into the batch, ``(B * C, 1, H, W)``, and the
-  backward pass of that single-channel convolution is slow on CPUs (3-7x the matrix products on
-  FreeKD's 8x8 to 14x14 maps; ``benchmarks/bench_freekd.py``). Its cost grows with H + W per
+  backward pass of that single-channel convolution is slow on CPUs: forward + backward of the
+  3-level transform took 2-3x as long as the matrix products on 8x8 to 14x14 maps, FreeKD's band
+  loss about 2x (``benchmarks/bench_freekd.py``). The matrix cost grows with H + W per
   coefficient, against a fixed filter length for convolutions, so
 * ``auto`` (default) takes ``matrix`` up to :data:`MATRIX_BACKEND_MAX_SIZE` pixels a side and
   ``ptwt`` above.

@@ -120,7 +120,8 @@ class FrequencyAttention(nn.Module):
         keep_negated = (mask.reshape(-1)[negated_index] / 2).reshape(height, half_width)
         self.register_buffer("negated_index", negated_index, persistent=False)
         self.register_buffer("keep", keep[:, :, None, None, None], persistent=False)
-        self.register_buffer("keep_negated", keep_negated[:, :, None, None, None] * torch.tensor([1.0, -1.0]), persistent=False)
+        conjugate_sign = torch.tensor([1.0, -1.0])  # on the (real, imaginary) axis
+        self.register_buffer("keep_negated", keep_negated[:, :, None, None, None] * conjugate_sign, persistent=False)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, size={self.size}, high_pass_ratio={self.high_pass_ratio}"
@@ -139,13 +140,7 @@ class FrequencyAttention(nn.Module):
 
     def _effective_filter(self) -> torch.Tensor:
         """``E`` on the half spectrum: ``(H * W', C_in, C_out)`` complex, ``W' = W // 2 + 1``."""
-        height, width = self.size
-        half_width = width // 2 + 1
-        negated = self.filter.view(height * width, *self.filter.shape[2:]).index_select(0, self.negated_index)
-        effective = torch.addcmul(
-            self.filter[:, :half_width] * self.keep, negated.view(height, half_width, *negated.shape[1:]), self.keep_negated
-        )
-        return torch.view_as_complex(effective.view(height * half_width, *effective.shape[2:]))
+        return _EffectiveFilter.apply(self.filter, self.negated_index, self.keep, self.keep_negated)
 
     def _global_branch_half_spectrum(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
@@ -166,6 +161,39 @@ class FrequencyAttention(nn.Module):
             )
         mixed = self.gamma_global * self.global_branch(x) + self.gamma_local * self.local(x)
         return self.act(self.norm(mixed))
+
+
+class _EffectiveFilter(torch.autograd.Function):
+    """``E = keep * K[:, :W'] + keep_negated * K(-k)``, the last factor carrying conj's sign.
+
+    Written out so that the backward pass makes one filter-sized gradient: autograd would allocate
+    and fill several (for the slice, the gather and the products), each tens of MB for large maps.
+    """
+
+    @staticmethod
+    def forward(ctx, kernel, negated_index, keep, keep_negated):
+        height, width = kernel.shape[:2]
+        half_width = keep.shape[1]
+        negated = kernel.view(height * width, *kernel.shape[2:]).index_select(0, negated_index)
+        negated = negated.view(height, half_width, *negated.shape[1:])
+        effective = torch.addcmul(kernel[:, :half_width] * keep, negated, keep_negated)
+        ctx.save_for_backward(negated_index, keep, keep_negated)
+        ctx.kernel_shape = kernel.shape
+        return torch.view_as_complex(effective.view(height * half_width, *effective.shape[2:]))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        negated_index, keep, keep_negated = ctx.saved_tensors
+        height, width = ctx.kernel_shape[:2]
+        half_width = keep.shape[1]
+        grad = torch.view_as_real(grad.contiguous()).view(height, half_width, *ctx.kernel_shape[2:])
+        grad_kernel = grad.new_empty(ctx.kernel_shape)
+        torch.mul(grad, keep, out=grad_kernel[:, :half_width])
+        grad_kernel[:, half_width:].zero_()
+        negated = (grad * keep_negated).view(height * half_width, *ctx.kernel_shape[2:])
+        grad_kernel.view(height * width, *ctx.kernel_shape[2:]).index_add_(0, negated_index, negated)
+        return grad_kernel, None, None, None
 
 
 class _FrequencyMixing(torch.autograd.Function):
@@ -233,13 +261,14 @@ class LocalSelfAttention(nn.Module):
             raise ValueError(f"LocalSelfAttention needs guide and x of one shape, got {tuple(guide.shape)} and {tuple(x.shape)}")
         if self.reference:
             return self._forward_reference(x, guide)
-        pad = self.kernel_size // 2
-        query = self.query(guide)
-        # One convolution for keys and values; a bias-free 1x1 conv of zero padding is zero padding.
-        keys_values = F.conv2d(x, torch.cat([self.key.weight, self.value.weight]))
-        keys_values = F.pad(keys_values, [pad] * 4)
-        keys, values = keys_values.split(self.channels, 1)
-        return _LocalAttention.apply(query, keys.contiguous(), values.contiguous(), self.relative_terms(), self.kernel_size)
+        # Under autocast, keep the window softmax and its sums of nine products in the parameters' dtype.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x, guide = x.to(self.query.weight.dtype), guide.to(self.query.weight.dtype)
+            # Bias-free 1x1 convolutions of the zero-padded map give zero-padded keys and values;
+            # one convolution computes both.
+            padded = F.pad(x, [self.kernel_size // 2] * 4)
+            keys_values = F.conv2d(padded, torch.cat([self.key.weight, self.value.weight]))
+            return _LocalAttention.apply(self.query(guide), keys_values, self.relative_terms(), self.kernel_size)
 
     def _forward_reference(self, x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
         """As the released code: unfold the padded keys and values, softmax over the window."""
@@ -261,63 +290,90 @@ def _windows(padded: torch.Tensor, size: int, height: int, width: int) -> torch.
     """``(size, size, B, C, H, W)`` view of the sliding windows of a padded ``(B, C, H + 2p, W + 2p)`` map."""
     batch, channels = padded.shape[:2]
     stride_b, stride_c, stride_h, stride_w = padded.stride()
-    return padded.as_strided((size, size, batch, channels, height, width), (stride_h, stride_w, stride_b, stride_c, stride_h, stride_w))
+    return padded.as_strided(
+        (size, size, batch, channels, height, width), (stride_h, stride_w, stride_b, stride_c, stride_h, stride_w)
+    )
+
+
+#: Size of the ``(k*k, b, C, H, W)`` float32 temporaries per batch chunk in the local attention: the
+#: dozen passes over them then hit the cache instead of memory (about 2x faster on one CPU core).
+ATTENTION_CHUNK_BYTES = 8 << 20
+
+
+def _attention_weights(query: torch.Tensor, keys: torch.Tensor, relative: torch.Tensor, size: int) -> torch.Tensor:
+    """Softmax over the window of ``query * (key + r)``: ``(size * size, B, C, H, W)``."""
+    batch, channels, height, width = query.shape
+    weights = query.new_empty((size * size, batch, channels, height, width))
+    torch.add(
+        _windows(keys, size, height, width),
+        relative.t().reshape(size, size, 1, channels, 1, 1),
+        out=weights.view(size, size, batch, channels, height, width),
+    )
+    return torch.softmax(weights.mul_(query), 0)
 
 
 class _LocalAttention(torch.autograd.Function):
-    """Window softmax attention on zero-padded keys and values, on strided window views.
+    """Window softmax attention on zero-padded keys and values, over strided window views.
 
-    Autograd through ``unfold`` keeps several ``(B, C, H, W, k*k)`` copies (windows of keys and
-    values, logits, weights) and scatters the window gradients back; here the only saved
-    ``k*k``-sized tensor is the attention weights, and the window sums are accumulated offset by
-    offset into ``(B, C, H, W)`` tensors, which stay in cache.
+    Autograd through ``unfold`` materialises and keeps several ``(B, C, H, W, k*k)`` tensors
+    (windows of keys and values, logits, weights) and scatters window gradients back. Here the batch
+    is processed in chunks whose ``k*k``-sized temporaries fit in cache, nothing of that size is
+    kept between the passes (the backward pass recomputes the weights of its chunk), and window sums
+    are accumulated offset by offset into ``(b, C, H, W)`` tensors.
     """
 
     @staticmethod
-    def forward(ctx, query, keys, values, relative, kernel_size):
+    def forward(ctx, query, keys_values, relative, size):
+        """``keys_values``: zero-padded keys and values stacked on the channel axis, ``(B, 2C, H + 2p, W + 2p)``."""
         batch, channels, height, width = query.shape
-        offsets = kernel_size * kernel_size
-        weights = query.new_empty((offsets, batch, channels, height, width))
-        torch.add(
-            _windows(keys, kernel_size, height, width),
-            relative.t().reshape(kernel_size, kernel_size, 1, channels, 1, 1),
-            out=weights.view(kernel_size, kernel_size, batch, channels, height, width),
-        )
-        weights = torch.softmax(weights.mul_(query), 0)
-        value_windows = _windows(values, kernel_size, height, width)
+        keys, values = keys_values.split(channels, 1)
+        step = max(1, ATTENTION_CHUNK_BYTES // (4 * size * size * channels * height * width))
         out = torch.zeros_like(query)
-        for j in range(offsets):
-            out.addcmul_(weights[j], value_windows[divmod(j, kernel_size)])
-        ctx.save_for_backward(query, keys, values, relative, weights, out)
-        ctx.kernel_size = kernel_size
+        for start in range(0, batch, step):
+            chunk = slice(start, start + step)
+            weights = _attention_weights(query[chunk], keys[chunk], relative, size)
+            value_windows = _windows(values[chunk], size, height, width)
+            for j in range(size * size):
+                out[chunk].addcmul_(weights[j], value_windows[divmod(j, size)])
+        ctx.save_for_backward(query, keys_values, relative, out)
+        ctx.size, ctx.step = size, step
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        query, keys, values, relative, weights, out = ctx.saved_tensors
-        size = ctx.kernel_size
-        offsets, batch, channels, height, width = weights.shape
+        query, keys_values, relative, out = ctx.saved_tensors
+        size, step = ctx.size, ctx.step
+        batch, channels, height, width = query.shape
+        keys, values = keys_values.split(channels, 1)
         grad_out = grad_out.contiguous()
-        # Softmax backward with g_j = grad_out * v_j: d logits_j = a_j (g_j - sum_i a_i g_i)
-        # = a_j * grad_out * (v_j - out), since sum_i a_i v_i is the output.
-        grad_logits = torch.empty_like(weights)
-        torch.sub(
-            _windows(values, size, height, width), out,
-            out=grad_logits.view(size, size, batch, channels, height, width),
-        )
-        grad_logits.mul_(weights).mul_(grad_out)
-        relative_per_offset = relative.t().reshape(offsets, 1, channels, 1, 1)
-        grad_query = (grad_logits * relative_per_offset).sum(0)
-        grad_keys, grad_values = torch.zeros_like(keys), torch.zeros_like(values)
-        # (window row, window column) views; they overlap, so gradients accumulate one offset at a time.
-        key_windows = _windows(keys, size, height, width)
-        grad_key_windows = _windows(grad_keys, size, height, width)
-        grad_value_windows = _windows(grad_values, size, height, width)
-        for j in range(offsets):
-            grad_query.addcmul_(grad_logits[j], key_windows[divmod(j, size)])
-            grad_value_windows[divmod(j, size)].addcmul_(weights[j], grad_out)
-        grad_logits.mul_(query)
-        for j in range(offsets):
-            grad_key_windows[divmod(j, size)].add_(grad_logits[j])
-        return grad_query, grad_keys, grad_values, grad_logits.sum((1, 3, 4)).reshape(offsets, channels).t(), None
+        grad_query = torch.empty_like(query)
+        grad_keys_values = torch.zeros_like(keys_values)
+        grad_keys, grad_values = grad_keys_values.split(channels, 1)
+        grad_relative = query.new_zeros(size * size, channels)
+        relative_per_offset = relative.t().reshape(size * size, 1, channels, 1, 1)
+        for start in range(0, batch, step):
+            chunk = slice(start, start + step)
+            query_chunk, grad_chunk = query[chunk], grad_out[chunk]
+            weights = _attention_weights(query_chunk, keys[chunk], relative, size)
+            # Softmax backward with g_j = grad_out * v_j: d logits_j = a_j (g_j - sum_i a_i g_i)
+            # = a_j * grad_out * (v_j - out), since sum_i a_i v_i is the output.
+            grad_logits = torch.empty_like(weights)
+            torch.sub(
+                _windows(values[chunk], size, height, width), out[chunk],
+                out=grad_logits.view(size, size, *weights.shape[1:]),
+            )
+            grad_logits.mul_(weights).mul_(grad_chunk)
+            grad_query_chunk = torch.sum(grad_logits * relative_per_offset, 0, out=grad_query[chunk])
+            # (window row, window column) views; they overlap, so gradients accumulate offset by offset.
+            key_windows = _windows(keys[chunk], size, height, width)
+            grad_key_windows = _windows(grad_keys[chunk], size, height, width)
+            grad_value_windows = _windows(grad_values[chunk], size, height, width)
+            for j in range(size * size):
+                grad_query_chunk.addcmul_(grad_logits[j], key_windows[divmod(j, size)])
+                grad_value_windows[divmod(j, size)].addcmul_(weights[j], grad_chunk)
+            grad_logits.mul_(query_chunk)
+            for j in range(size * size):
+                grad_key_windows[divmod(j, size)].add_(grad_logits[j])
+            grad_relative += grad_logits.sum((1, 3, 4))
+        return grad_query, grad_keys_values, grad_relative.t(), None

@@ -32,8 +32,8 @@ grid, class and register tokens dropped). ``student_layers`` / ``teacher_layers`
 pair explicitly. Channel and size differences are what the adapters and resizing handle; a layer
 that does not exist, a stage count mismatch without explicit layers, or a feature that is not a
 spatial map are errors raised when the trainer is built. The module's filter has
-``C_in * C_out * H * W`` complex entries per stage (53.5 M for ResNet34 -> ResNet18 at 224 px):
-the extra parameter count is logged when the trainer starts.
+``C_in * C_out * H * W`` complex entries per stage (51.4 M over layer1..layer4 of ResNet34 ->
+ResNet18 at 224 px): the extra parameter count is logged when the trainer starts.
 
 What follows the released code rather than the paper, and other readings (each an option):
 * ``pooled_stage``: the released CIFAR code adds the pooled feature as the deepest stage and matches

@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 
+from hf_freqkd.layers import frequency_attention
 from hf_freqkd.layers.frequency_attention import FrequencyAttention, LocalSelfAttention, high_pass_mask
 
 
@@ -151,8 +152,11 @@ def test_local_attention_is_a_window_softmax_per_channel():
         torch.testing.assert_close(out[0, c, i, j], expected)
 
 
+@pytest.mark.parametrize("chunk_bytes", [None, 1], ids=["whole-batch", "one-sample-chunks"])
 @pytest.mark.parametrize("channels, size", [(4, (8, 8)), (5, (6, 7)), (1, (3, 3)), (16, (1, 1))])
-def test_local_attention_fast_path_equals_unfold_reference_with_gradients(channels, size):
+def test_local_attention_fast_path_equals_unfold_reference_with_gradients(channels, size, chunk_bytes, monkeypatch):
+    if chunk_bytes is not None:
+        monkeypatch.setattr(frequency_attention, "ATTENTION_CHUNK_BYTES", chunk_bytes)
     fast = LocalSelfAttention(channels).double()
     reference = copy.deepcopy(fast)
     reference.reference = True
@@ -168,3 +172,12 @@ def test_local_attention_fast_path_equals_unfold_reference_with_gradients(channe
     assert all(g.abs().sum() > 0 for g in results[0][1:] if g.numel())
     for got, expected in zip(*results):
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_local_attention_runs_in_float32_under_bfloat16_autocast():
+    layer = LocalSelfAttention(4)
+    x, guide = torch.randn(2, 4, 6, 6).bfloat16(), torch.randn(2, 4, 6, 6).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x, guide)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, layer(x.float(), guide.float()))

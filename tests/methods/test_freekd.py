@@ -137,6 +137,17 @@ def test_prompts_frozen_adapters_trained_and_checkpointed_nothing_exported(tmp_p
     assert not any("adapter" in key or "prompt" in key for key in exported)
 
 
+def test_resuming_restores_the_prompts_the_run_started_with(tmp_path, digits, prompts_file):
+    started_with = load_file(prompts_file)[TEACHER_LAYER]
+    args = config(tmp_path, freekd(prompts_file), max_steps=1, save_strategy="steps", save_steps=1)
+    DistillationTrainer(model=model("resnet8", seed=2), teacher=teacher(), args=args, train_dataset=formatted(digits, 8)).train()
+    save_prompts(prompts_file, {TEACHER_LAYER: torch.randn(4, 2, TEACHER_WIDTH)}, wavelet="haar", mode="zero", levels=3)  # re-fitted
+    args = config(tmp_path, freekd(prompts_file), max_steps=2, save_strategy="no")
+    trainer = DistillationTrainer(model=model("resnet8", seed=2), teacher=teacher(), args=args, train_dataset=formatted(digits, 8))
+    trainer.train(resume_from_checkpoint=True)
+    assert torch.equal(trainer.model.methods["freekd"].prompts.prompt(TEACHER_LAYER), started_with)
+
+
 def test_masks_come_from_the_teacher_alone_and_no_gradient_reaches_teacher_or_prompts(tmp_path, prompts_file):
     trainer = DistillationTrainer(model=model("resnet8", seed=2), teacher=teacher(), args=config(tmp_path, freekd(prompts_file)))
     method = trainer.model.methods["freekd"]

@@ -11,7 +11,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+# HF_FREQKD_TEST_THREADS=1 lets several test runs share the machine without slowing each other.
+torch.set_num_threads(int(os.environ.get("HF_FREQKD_TEST_THREADS", "2")))
 
 
 @pytest.fixture(autouse=True)

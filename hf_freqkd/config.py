@@ -20,6 +20,9 @@ from transformers import HfArgumentParser, TrainingArguments
 from .methods.registry import build_methods, normalize_method_specs
 
 
+NONFINITE_LOSS_POLICIES = ("stop", "skip")
+
+
 @dataclass
 class DistillationConfig(TrainingArguments):
     r"""Training arguments of a distillation run: every ``TrainingArguments`` field, plus
@@ -59,6 +62,10 @@ class DistillationConfig(TrainingArguments):
     Parameters that control safety:
         trust_remote_code (`bool`, defaults to `False`): allow transformers models whose code lives
             on the Hub. Off unless you turn it on.
+        nonfinite_loss (`str`, defaults to `"stop"`): what a training step whose loss term is NaN or
+            inf does. ``stop``: raise an error naming the term and the step, before the step is
+            applied. ``skip``: drop that optimizer update (weights and optimizer state unchanged; the
+            learning-rate schedule still advances), log a warning and count it as ``skipped_steps``.
     """
 
     teacher_model: Optional[str] = field(default=None, metadata={"help": "Teacher source: timm name, folder or Hub id."})
@@ -79,6 +86,9 @@ class DistillationConfig(TrainingArguments):
     lr_decay_rate: float = field(default=0.1, metadata={"help": "Step-decay multiplier of the learning rate."})
     eval_top_k: int = field(default=5, metadata={"help": "k of the top-k accuracy reported at evaluation."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow Hub code for transformers models."})
+    nonfinite_loss: str = field(
+        default="stop", metadata={"help": "A NaN/inf loss term: 'stop' the run (naming term and step) or 'skip' the update."}
+    )
 
     def __post_init__(self) -> None:
         self.methods = normalize_method_specs(_yaml_if_string(self.methods, "methods"))
@@ -101,6 +111,13 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(f"lr_decay_rate = {self.lr_decay_rate} is invalid: expected a number in (0, 1]")
         if self.eval_top_k < 1:
             raise ValueError(f"eval_top_k = {self.eval_top_k} is invalid: expected an integer >= 1")
+        if self.nonfinite_loss not in NONFINITE_LOSS_POLICIES:
+            raise ValueError(f"nonfinite_loss = {self.nonfinite_loss!r} is invalid: expected 'stop' or 'skip'")
+        # TrainingArguments accepts these and then trains backwards or not at all.
+        if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
+            raise ValueError(f"learning_rate = {self.learning_rate} is invalid: expected a finite number >= 0")
+        if self.max_steps <= 0 and not (math.isfinite(self.num_train_epochs) and self.num_train_epochs > 0):
+            raise ValueError(f"num_train_epochs = {self.num_train_epochs} is invalid: expected a number > 0 (or set max_steps)")
         super().__post_init__()
 
     @property
@@ -130,12 +147,16 @@ class ModelArguments:
             raise ValueError(f"num_classes = {self.num_classes} is invalid: expected an integer >= 1")
 
 
+TASKS = ("classification", "segmentation")
+
+
 @dataclass
 class DataArguments:
     """The dataset and its preprocessing."""
 
     dataset: str = field(
-        default="digits", metadata={"help": "'digits' (bundled), a Hub id, an image folder or a .parquet path."}
+        default="digits",
+        metadata={"help": "'digits' (bundled), 'shapes_segmentation' (generated), a Hub id, an image folder or a .parquet path."},
     )
     dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Configuration name of a Hub dataset."})
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
@@ -148,6 +169,18 @@ class DataArguments:
     )
     image_column: Optional[str] = field(default=None, metadata={"help": "Image column; detected when unset."})
     label_column: Optional[str] = field(default=None, metadata={"help": "Label column; detected when unset."})
+    task: str = field(
+        default="classification",
+        metadata={"help": "'classification' (one label per image) or 'segmentation' (a class-id mask per image)."},
+    )
+    mask_column: Optional[str] = field(
+        default=None, metadata={"help": "Segmentation: column of class-id mask images; detected when unset."}
+    )
+    ignore_index: int = field(default=255, metadata={"help": "Segmentation: mask value of unlabelled pixels."})
+    reduce_labels: bool = field(
+        default=False,
+        metadata={"help": "Segmentation: mask value 0 is ignored and every other value v is class v - 1 (ADE20k / scene_parse_150)."},
+    )
     image_size: Optional[int] = field(
         default=None, metadata={"help": "Square input size; the student's pretrained config when unset."}
     )
@@ -168,6 +201,14 @@ class DataArguments:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} = {value} is invalid: expected an integer >= 1")
+        if self.task not in TASKS:
+            raise ValueError(f"task = {self.task!r} is invalid: expected one of {', '.join(TASKS)}")
+        if self.task == "segmentation" and self.label_column is not None:
+            raise ValueError(f"label_column = {self.label_column!r} is set with task: segmentation; name the mask column with mask_column")
+        if self.task == "classification" and (self.mask_column is not None or self.reduce_labels):
+            raise ValueError("mask_column and reduce_labels apply to task: segmentation; set task: segmentation or remove them")
+        if self.ignore_index < 0:
+            raise ValueError(f"ignore_index = {self.ignore_index} is invalid: expected a mask value >= 0 (255 in most datasets)")
 
 
 CONFIG_CLASSES = (DistillationConfig, ModelArguments, DataArguments)
@@ -191,12 +232,21 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - _ConfigLoader is a SafeLoader
 
 
+def yaml_error_summary(error: yaml.YAMLError) -> str:
+    """One line: where the YAML broke and why (PyYAML's own message spans several lines)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or " ".join(str(error).split())
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    context = getattr(error, "context", None)
+    return f"{where}{problem}" + (f" ({context})" if context else "")
+
+
 def _yaml_if_string(value: Any, name: str) -> Any:
     if isinstance(value, str):
         try:
             return load_yaml(value)
         except yaml.YAMLError as error:
-            raise ValueError(f"{name} = {value!r} is not valid YAML: {error}") from None
+            raise ValueError(f"{name} = {value!r} is not valid YAML at {yaml_error_summary(error)}") from None
     return value
 
 
@@ -211,7 +261,7 @@ def read_yaml_config(path: str | Path) -> dict[str, Any]:
     try:
         values = load_yaml(path.read_text())
     except yaml.YAMLError as error:
-        raise ValueError(f"config file '{path}' is not valid YAML: {error}") from None
+        raise ValueError(f"config file '{path}' is not valid YAML at {yaml_error_summary(error)}; fix the file") from None
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -230,7 +280,9 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
         try:
             value = load_yaml(raw)
         except yaml.YAMLError as error:
-            raise ValueError(f"override '{override}': value is not valid YAML: {error}") from None
+            raise ValueError(
+                f"override '{override}': value is not valid YAML at {yaml_error_summary(error)}; quote it or fix the brackets"
+            ) from None
         *parents, leaf = key.split(".")
         target = values
         for i, part in enumerate(parents):
@@ -270,6 +322,10 @@ def check_config_keys(values: dict[str, Any]) -> dict[str, Any]:
         )
     checked = {}
     for key, value in values.items():
+        if key == "resume_from_checkpoint" and isinstance(value, bool):
+            # true = the newest checkpoint in output_dir (Trainer.train's convention); false = none.
+            checked[key] = "true" if value else None
+            continue
         checked[key] = _check_value(key, value, field_types[key])
     return checked
 

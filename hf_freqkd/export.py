@@ -4,31 +4,179 @@ timm students: ``timm.models.save_for_hf`` (config.json + model.safetensors), lo
 ``timm.create_model("local-dir:PATH", pretrained=True)`` (CIFAR-zoo students once ``hf_freqkd`` is
 imported). transformers students: ``save_pretrained``, loadable with
 ``AutoModelForImageClassification.from_pretrained(PATH)``. Teacher and method modules are never
-part of an export.
+part of an export. With a run record, the folder also gets its model card (README.md).
+
+``export_run`` does the same after the fact, from a run's output folder: from the student the run
+exported, or from a Trainer checkpoint (a Distiller state dict: ``student.model.*`` keys are the
+student, ``methods.*`` the method modules, which are dropped).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from .models.loading import is_transformers_model
 
+RUN_RECORD = "hf_freqkd_run.json"
+STUDENT_EXPORT_DIR = "student"
 
-def export_student(student: nn.Module, output_dir: str | Path) -> Path:
-    """Write ``student`` to ``output_dir`` and return the folder."""
+
+def library_name(model: nn.Module) -> str:
+    """'transformers' or 'timm': the library whose format the model is saved in."""
+    return "transformers" if is_transformers_model(model) else "timm"
+
+
+def export_student(
+    student: nn.Module,
+    output_dir: str | Path,
+    record: dict[str, Any] | None = None,
+    model_name: str | None = None,
+) -> Path:
+    """Write ``student`` to ``output_dir`` (and its model card when ``record`` is given); return the folder.
+
+    The files are written to a temporary sibling folder first and moved in one by one, so a failed
+    export never leaves a half-written model over a previous one.
+    """
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if is_transformers_model(student):
-        student.save_pretrained(output_dir, safe_serialization=True)
-    else:
-        from timm.models import save_for_hf
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"export folder '{output_dir}' exists and is not a folder")
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        if is_transformers_model(student):
+            student.save_pretrained(staging)
+        else:
+            from timm.models import save_for_hf
 
-        save_for_hf(
-            student,
-            str(output_dir),
-            model_args=dict(getattr(student, "hf_freqkd_model_args", {}) or {}),
-            safe_serialization=True,
-        )
+            save_for_hf(
+                student,
+                str(staging),
+                model_args=dict(getattr(student, "hf_freqkd_model_args", {}) or {}),
+                data_config=_data_config(record),
+                safe_serialization=True,
+            )
+        if record is not None:
+            from .model_card import write_model_card
+
+            write_model_card(staging, record, library_name(student), model_name)
+        output_dir.mkdir(exist_ok=True)
+        for file in staging.iterdir():
+            os.replace(file, output_dir / file.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return output_dir
+
+
+def _data_config(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The input size the student was trained at, when the run set one (``image_size``)."""
+    size = (record or {}).get("config", {}).get("image_size")
+    return {"img_size": int(size)} if size else None
+
+
+# ----------------------------------------------------------------------------------------------
+# From a run folder
+
+
+def read_run_record(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run record (``hf_freqkd_run.json``) of ``run_dir``, or None if it has none."""
+    path = Path(run_dir) / RUN_RECORD
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"run record '{path}' is not valid JSON: {error}") from None
+
+
+def export_run(run_dir: str | Path, checkpoint: str | None = None, to: str | Path | None = None) -> Path:
+    """Export the student of a run to ``to`` with its model card; return the folder.
+
+    Args:
+        run_dir: the run's ``output_dir``.
+        checkpoint: a Trainer checkpoint of the run (``checkpoint-N``, relative to ``run_dir``, or a
+            path); by default the student the finished run exported (``run_dir/student``).
+        to: destination; by default ``run_dir/student`` (or ``run_dir/student-checkpoint-N``).
+    """
+    from .models.loading import load_checkpoint, load_model
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder '{run_dir}' does not exist")
+    record = read_run_record(run_dir)
+    checkpoints = sorted((p.name for p in run_dir.glob("checkpoint-*") if p.is_dir()), key=_checkpoint_step)
+    if checkpoint is None:
+        source = run_dir / STUDENT_EXPORT_DIR
+        if not (source / "config.json").is_file():
+            hint = (
+                f"; export one of its Trainer checkpoints with --checkpoint ({', '.join(checkpoints[-3:])})"
+                if checkpoints
+                else "; is it an hf_freqkd output_dir?"
+            )
+            raise ValueError(
+                f"run folder '{run_dir}' holds no exported student ({source}/config.json is missing){hint}"
+            )
+        student = load_model(str(source))
+        destination = Path(to) if to is not None else source
+    else:
+        folder = Path(checkpoint) if Path(checkpoint).is_dir() else run_dir / checkpoint
+        if not folder.is_dir():
+            available = (
+                f"; checkpoints in '{run_dir}': {', '.join(checkpoints)}"
+                if checkpoints
+                else f"; '{run_dir}' holds no checkpoints"
+            )
+            raise FileNotFoundError(f"checkpoint '{checkpoint}' does not exist{available}")
+        if record is None or not record.get("config", {}).get("student_model"):
+            raise ValueError(
+                f"run folder '{run_dir}' has no {RUN_RECORD} naming the student, so the architecture of "
+                f"'{folder.name}' is unknown; checkpoints can only be exported from a run started by hf_freqkd"
+            )
+        config = record["config"]
+        student = load_model(
+            config["student_model"],
+            num_classes=record.get("num_classes") or config.get("num_classes"),
+            model_kwargs=config.get("student_model_kwargs") or {},
+            trust_remote_code=bool(config.get("trust_remote_code")),
+        )
+        load_checkpoint(student, str(folder))
+        # The card reports what was measured at this checkpoint, not the finished run's metrics.
+        record = {**record, "metrics": _checkpoint_metrics(folder), "checkpoint": folder.name}
+        destination = Path(to) if to is not None else run_dir / f"{STUDENT_EXPORT_DIR}-{folder.name}"
+    if destination.exists() and any(destination.iterdir()) and not (destination / "config.json").is_file():
+        raise ValueError(
+            f"export folder '{destination}' already holds files that are not an exported model; "
+            "choose a new or empty folder"
+        )
+    model_name = run_dir.resolve().name
+    return export_student(student, destination, record or {"config": {}, "metrics": {}}, model_name=model_name)
+
+
+def _checkpoint_metrics(folder: Path) -> dict[str, float]:
+    """The last evaluation logged up to a checkpoint (its trainer_state.json), or nothing."""
+    state_file = folder / "trainer_state.json"
+    if not state_file.is_file():
+        return {}
+    try:
+        history = json.loads(state_file.read_text()).get("log_history", [])
+    except json.JSONDecodeError:
+        return {}
+    evaluations = [entry for entry in history if any(key.startswith("eval_") for key in entry)]
+    if not evaluations:
+        return {}
+    return {
+        key: value
+        for key, value in evaluations[-1].items()
+        if key.startswith("eval_") and isinstance(value, (int, float))
+    }
+
+
+def _checkpoint_step(name: str) -> int:
+    tail = name.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else -1

@@ -62,7 +62,8 @@ TaskLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The teacher's task loss for classifiers: cross-entropy, in float32."""
+    """The teacher's task loss: cross-entropy, in float32. For segmentation teachers, per pixel:
+    (B, K, H, W) logits against (B, H, W) labels, ignored (-100) pixels skipped."""
     return F.cross_entropy(logits.float(), labels)
 
 
@@ -469,6 +470,7 @@ def _load_data(args, model_args, data_args):
     sees in stage 1 exactly the images it sees in stage 2.
     """
     from .data.loading import check_labels_in_range, count_classes, detect_columns, load_image_dataset, pick_split, with_image_transform
+    from .data.segmentation import segmentation_data_functions
     from .models.loading import load_model, resolve_input_config
 
     data = load_image_dataset(data_args.dataset, data_args.dataset_config_name, args.trust_remote_code)
@@ -478,8 +480,13 @@ def _load_data(args, model_args, data_args):
     train_data = data[train_split]
     if len(train_data) == 0:
         raise ValueError(f"the train split '{train_split}' of dataset '{data_args.dataset}' is empty")
-    image_column, label_column = detect_columns(train_data, data_args.image_column, data_args.label_column)
-    num_classes = model_args.num_classes or count_classes(train_data, label_column)
+    if data_args.task == "segmentation":
+        # label_column is the mask column; the per-pixel cross-entropy is the teacher's task loss.
+        image_column, label_column, num_classes, transform, check_labels = segmentation_data_functions(train_data, data_args, model_args.num_classes)
+    else:
+        image_column, label_column = detect_columns(train_data, data_args.image_column, data_args.label_column)
+        num_classes = model_args.num_classes or count_classes(train_data, label_column)
+        transform, check_labels = with_image_transform, check_labels_in_range
     eval_data = data[eval_split] if eval_split else None
     if getattr(data_args, "validation_fraction", None) and eval_data is None:
         import datasets
@@ -491,7 +498,7 @@ def _load_data(args, model_args, data_args):
         train_data = train_data.select(range(min(data_args.max_train_samples, len(train_data))))
     if eval_data is not None and data_args.max_eval_samples:
         eval_data = eval_data.select(range(min(data_args.max_eval_samples, len(eval_data))))
-    check_labels_in_range(train_data, label_column, num_classes, train_split)
+    check_labels(train_data, label_column, num_classes, train_split)
     # The input size and normalisation are the student's (no weights needed to read them).
     student = load_model(
         model_args.student_model,
@@ -503,8 +510,8 @@ def _load_data(args, model_args, data_args):
     del student
     if data_args.image_size:
         input_config["input_size"] = (input_config["input_size"][0], data_args.image_size, data_args.image_size)
-    train_dataset = with_image_transform(train_data, image_column, label_column, input_config, training=True, augmentation=data_args.augmentation)
-    report_dataset = with_image_transform(
+    train_dataset = transform(train_data, image_column, label_column, input_config, training=True, augmentation=data_args.augmentation)
+    report_dataset = transform(
         eval_data if eval_data is not None else train_data, image_column, label_column, input_config, training=False, augmentation="none"
     )
     return train_dataset, report_dataset, num_classes

@@ -23,14 +23,15 @@ from .data.loading import (
     pick_split,
     with_image_transform,
 )
-from .export import export_student
-from .models.loading import load_model, resolve_input_config
-from .trainer import DistillationTrainer
+from .data.segmentation import segmentation_data_functions
+from .export import RUN_RECORD, STUDENT_EXPORT_DIR, export_student
+from .model_card import training_recipe
+from .models.loading import load_model, model_num_classes, resolve_input_config
+from .push import push_folder
+from .trainer import DistillationTrainer, set_seed_for
 
 logger = logging.getLogger(__name__)
 
-STUDENT_EXPORT_DIR = "student"
-RUN_RECORD = "hf_freqkd_run.json"
 
 
 @dataclass
@@ -43,6 +44,7 @@ class RunResult:
     teacher_parameters: int
     train_seconds: float
     export_dir: str | None
+    hub_url: str | None = None
 
 
 def prepare_run(
@@ -58,6 +60,7 @@ def prepare_run(
         if extra:
             raise ValueError(f"train-teacher trains with the ce method alone; remove {', '.join(extra)} from methods")
     check_output_dir(args)
+    set_seed_for(args)  # the student (and a teacher built from a name) are created below, before the Trainer
 
     data = load_image_dataset(data_args.dataset, data_args.dataset_config_name, args.trust_remote_code)
     splits = list(data)
@@ -65,9 +68,14 @@ def prepare_run(
     eval_split = pick_split(splits, data_args.eval_split, "eval", ["validation", "valid", "val", "test"])
     train_data = data[train_split]
     if len(train_data) == 0:
-        raise ValueError(f"the train split '{train_split}' of dataset '{data_args.dataset}' is empty")
-    image_column, label_column = detect_columns(train_data, data_args.image_column, data_args.label_column)
-    num_classes = model_args.num_classes or count_classes(train_data, label_column)
+        raise ValueError(f"the train split '{train_split}' of dataset '{data_args.dataset}' is empty; point dataset at data with images")
+    if data_args.task == "segmentation":
+        # label_column is the mask column; transform and check are the per-pixel ones.
+        image_column, label_column, num_classes, transform, check_labels = segmentation_data_functions(train_data, data_args, model_args.num_classes)
+    else:
+        image_column, label_column = detect_columns(train_data, data_args.image_column, data_args.label_column)
+        num_classes = model_args.num_classes or count_classes(train_data, label_column)
+        transform, check_labels = with_image_transform, check_labels_in_range
     eval_data = data[eval_split] if eval_split else None
     if data_args.validation_fraction:
         if eval_data is not None:
@@ -80,9 +88,9 @@ def prepare_run(
         train_data = train_data.select(range(min(data_args.max_train_samples, len(train_data))))
     if eval_data is not None and data_args.max_eval_samples:
         eval_data = eval_data.select(range(min(data_args.max_eval_samples, len(eval_data))))
-    check_labels_in_range(train_data, label_column, num_classes, train_split)
+    check_labels(train_data, label_column, num_classes, train_split)
     if eval_data is not None:
-        check_labels_in_range(eval_data, label_column, num_classes, eval_split)
+        check_labels(eval_data, label_column, num_classes, eval_split)
 
     student = load_model(
         model_args.student_model,
@@ -95,16 +103,19 @@ def prepare_run(
     input_config = resolve_input_config(student)
     if data_args.image_size:
         input_config["input_size"] = (input_config["input_size"][0], data_args.image_size, data_args.image_size)
-    train_dataset = with_image_transform(
+    train_dataset = transform(
         train_data, image_column, label_column, input_config, training=True, augmentation=data_args.augmentation
     )
     eval_dataset = (
-        with_image_transform(eval_data, image_column, label_column, input_config, training=False, augmentation="none")
+        transform(eval_data, image_column, label_column, input_config, training=False, augmentation="none")
         if eval_data is not None
         else None
     )
     if eval_dataset is None and args.eval_strategy != "no":
-        raise ValueError(f"eval_strategy is '{args.eval_strategy}' but the dataset has no evaluation split (splits: {', '.join(splits)})")
+        raise ValueError(
+            f"eval_strategy is '{getattr(args.eval_strategy, 'value', args.eval_strategy)}' but the dataset has no evaluation split (splits: {', '.join(splits)}); "
+            "set validation_fraction to hold out part of the train split, eval_split, or eval_strategy: 'no'"
+        )
     trainer = DistillationTrainer(model=student, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset)
     return trainer, args, model_args, data_args
 
@@ -118,10 +129,23 @@ def _is_class_label(dataset, column: str) -> bool:
 def check_output_dir(args: DistillationConfig) -> None:
     """Refuse to train into a folder holding another run's checkpoints unless resuming from it."""
     output_dir = Path(args.output_dir)
+    resume = args.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in ("true", "false"):
+        resume = resume.lower() == "true"
+    if isinstance(resume, str) and resume and not os.path.isdir(resume):
+        raise FileNotFoundError(
+            f"resume_from_checkpoint '{resume}' does not exist: give a checkpoint-<step> folder of an earlier run, "
+            "or true to resume from the latest checkpoint in output_dir"
+        )
+    if resume is True and not (output_dir.is_dir() and any(output_dir.glob("checkpoint-*"))):
+        raise ValueError(
+            f"resume_from_checkpoint is true but output_dir '{output_dir}' holds no checkpoint-* folder; "
+            "unset resume_from_checkpoint to start a new run, or set output_dir to the run to continue"
+        )
     if not output_dir.exists():
         return
     if not output_dir.is_dir():
-        raise ValueError(f"output_dir '{output_dir}' exists and is not a folder")
+        raise ValueError(f"output_dir '{output_dir}' exists and is not a folder; choose a folder path")
     checkpoints = sorted(p.name for p in output_dir.glob("checkpoint-*"))
     if checkpoints and not args.resume_from_checkpoint:
         raise ValueError(
@@ -129,7 +153,7 @@ def check_output_dir(args: DistillationConfig) -> None:
             "set resume_from_checkpoint=true to continue that run, or choose another output_dir"
         )
     if not os.access(output_dir, os.W_OK):
-        raise ValueError(f"output_dir '{output_dir}' is not writable")
+        raise ValueError(f"output_dir '{output_dir}' is not writable; fix its permissions or choose another output_dir")
 
 
 def run(mode: str, config_path: str | None = None, overrides: list[str] | None = None, defaults: dict[str, Any] | None = None) -> RunResult:
@@ -138,22 +162,34 @@ def run(mode: str, config_path: str | None = None, overrides: list[str] | None =
     resume = args.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "false"):
         resume = resume.lower() == "true"
+    record: dict[str, Any] = {
+        "mode": mode,
+        "status": "training",
+        "config": config_to_dict(args, model_args, data_args),
+        "training": training_recipe(args),
+        "num_classes": _num_classes_or_none(trainer.student),
+    }
+    if trainer.is_world_process_zero():
+        # Written before training too, so a checkpoint of an unfinished run can be exported (hf-freqkd export).
+        _write_record(args.output_dir, record)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume or None)
     train_seconds = time.perf_counter() - start
     metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
-    export_dir = None
+    export_dir = hub_url = None
     if trainer.is_world_process_zero():
-        export_dir = str(export_student(trainer.student, Path(args.output_dir) / STUDENT_EXPORT_DIR))
         teacher_parameters = sum(p.numel() for p in trainer.teacher.parameters()) if trainer.teacher is not None else 0
-        record = {
-            "mode": mode,
-            "config": config_to_dict(args, model_args, data_args),
-            "metrics": metrics,
-            "train_seconds": train_seconds,
-            "teacher_parameters": teacher_parameters,
-        }
-        (Path(args.output_dir) / RUN_RECORD).write_text(json.dumps(record, indent=2, default=str))
+        record.update(status="finished", metrics=metrics, train_seconds=train_seconds, teacher_parameters=teacher_parameters)
+        _write_record(args.output_dir, record)
+        hub = trainer.hub_settings
+        model_name = hub.repo_id.split("/")[-1] if hub.push_to_hub else Path(args.output_dir).resolve().name
+        export_dir = str(export_student(trainer.student, Path(args.output_dir) / STUDENT_EXPORT_DIR, record, model_name))
+        if hub.push_to_hub:
+            # The exported student alone, once; the Trainer's own push is off (see hf_freqkd.push).
+            hub_url = push_folder(
+                export_dir, hub.repo_id, token=hub.token, private=hub.private, revision=hub.revision,
+                commit_message=f"Upload {mode} run {Path(args.output_dir).name} with hf_freqkd",
+            )
     return RunResult(
         metrics=metrics,
         student_parameters=sum(p.numel() for p in trainer.student.parameters()),
@@ -161,4 +197,18 @@ def run(mode: str, config_path: str | None = None, overrides: list[str] | None =
         teacher_parameters=sum(p.numel() for p in trainer.teacher.parameters()) if trainer.teacher is not None else 0,
         train_seconds=train_seconds,
         export_dir=export_dir,
+        hub_url=hub_url,
     )
+
+
+def _num_classes_or_none(model) -> int | None:
+    try:
+        return model_num_classes(model)
+    except ValueError:
+        return None
+
+
+def _write_record(output_dir: str, record: dict[str, Any]) -> None:
+    path = Path(output_dir) / RUN_RECORD
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, default=str))

@@ -49,10 +49,9 @@ def build_distiller(student: nn.Module, teacher: nn.Module, methods: dict[str, A
     return Distiller(student_fx, built), teacher_fx
 
 
-def time_step(
-    student: nn.Module, teacher: nn.Module, methods: dict[str, Any], batch: int, image_size: int, iterations: int = 10, warmup: int = 3
-) -> StepTiming:
-    """Median seconds of the limit and of a step of ``methods``, measured alternately in one run."""
+def training_steps(student: nn.Module, teacher: nn.Module, methods: dict[str, Any], batch: int, image_size: int):
+    """``(limit, method_step)``: callables running one limit step and one step of ``methods`` on a
+    fixed random batch. Both update the same ``student``; ``method_step`` also the method's parameters."""
     num_classes = int(student.num_classes)
     images = torch.randn(batch, 3, image_size, image_size)
     labels = torch.randint(0, num_classes, (batch,))
@@ -76,6 +75,14 @@ def time_step(
         out.loss.backward()
         optimizer.step()
 
+    return limit, method_step
+
+
+def time_step(
+    student: nn.Module, teacher: nn.Module, methods: dict[str, Any], batch: int, image_size: int, iterations: int = 10, warmup: int = 3
+) -> StepTiming:
+    """Median seconds of the limit and of a step of ``methods``, measured alternately in one run."""
+    limit, method_step = training_steps(student, teacher, methods, batch, image_size)
     limits, steps = [], []
     for i in range(warmup + iterations):
         for fn, store in ((limit, limits), (method_step, steps)):

@@ -69,6 +69,17 @@ def global_filter_reference(x: torch.Tensor, filter_complex: torch.Tensor, high_
     return torch.fft.ifft2(mixed, s=(height, width), norm="ortho").real
 
 
+class SingleValueSafeBatchNorm2d(nn.BatchNorm2d):
+    """``BatchNorm2d`` that normalises a training batch holding a single value per channel - the
+    1x1 pooled stage at batch size 1, e.g. the last partial batch of an epoch - with its running
+    statistics, where ``nn.BatchNorm2d`` raises. The statistics are not updated from that batch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] * x.shape[2] * x.shape[3] == 1 and self.running_mean is not None:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return super().forward(x)
+
+
 class FrequencyAttention(nn.Module):
     """The frequency attention module: ``C_in`` -> ``C_out`` channels on ``size`` maps.
 
@@ -108,7 +119,7 @@ class FrequencyAttention(nn.Module):
         self.local = nn.Conv2d(in_channels, out_channels, 1)
         self.gamma_global = nn.Parameter(torch.tensor(0.5))
         self.gamma_local = nn.Parameter(torch.tensor(0.5))
-        self.norm = nn.BatchNorm2d(out_channels)
+        self.norm = SingleValueSafeBatchNorm2d(out_channels)
         self.act = nn.ReLU() if activation else nn.Identity()
         # E(k) = keep(k) K(k) + keep_negated(k) conj(K(-k)) on the half spectrum (the 1/2 and the
         # conjugation's sign folded into the factors); K(-k) is read with one gather.

@@ -54,13 +54,38 @@ class MethodOptions:
     )
 
     def __post_init__(self) -> None:
-        require(self.weight >= 0 and math.isfinite(self.weight), "weight", self.weight, "a finite number >= 0")
+        require_weight(self.weight, "weight")
 
 
 def require(condition: bool, option: str, value: Any, expected: str) -> None:
     """Raise a ``ValueError`` naming the option, the bad value and what was expected."""
     if not condition:
         raise ValueError(f"option '{option}' = {value!r} is invalid: expected {expected}")
+
+
+def in_dtype_of(tensor: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """``tensor`` in the dtype of ``module``'s parameters, so a method's own layers accept features of
+    any float dtype (float64, or bf16 without autocast). Under autocast, autocast chooses."""
+    parameter = next(module.parameters(), None)
+    if parameter is None or tensor.dtype == parameter.dtype or torch.is_autocast_enabled(tensor.device.type):
+        return tensor
+    return tensor.to(parameter.dtype)
+
+
+# Beyond these a loss or its gradient overflows float32 (T^2 * weight * ...): tests/methods/test_fuzz.py.
+MAX_WEIGHT = 1e4
+TEMPERATURE_RANGE = (1e-3, 1e3)
+
+
+def require_weight(value: Any, option: str) -> None:
+    """A multiplier of loss terms: finite, >= 0, at most ``MAX_WEIGHT``."""
+    require(math.isfinite(value) and 0 <= value <= MAX_WEIGHT, option, value, f"a finite number >= 0 (at most {MAX_WEIGHT:g})")
+
+
+def require_temperature(value: Any, option: str) -> None:
+    """A softmax temperature: finite, > 0, within ``TEMPERATURE_RANGE``."""
+    low, high = TEMPERATURE_RANGE
+    require(math.isfinite(value) and low <= value <= high, option, value, f"a finite number > 0 (within [{low:g}, {high:g}])")
 
 
 class DistillationMethod(nn.Module):
@@ -72,6 +97,9 @@ class DistillationMethod(nn.Module):
     uses_teacher: ClassVar[bool] = True
     #: False for the ground-truth term, which is never scaled by the distillation warm-up.
     warms_up: ClassVar[bool] = True
+    #: True for methods that also work on segmentation networks: per-pixel logits (B, K, H, W) and
+    #: labels (B, H, W) with -100 where ignored. Logit methods written for (B, K) logits leave it False.
+    supports_segmentation: ClassVar[bool] = False
 
     def __init__(self, options: MethodOptions | None = None):
         super().__init__()

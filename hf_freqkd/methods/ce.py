@@ -32,6 +32,8 @@ class CrossEntropy(DistillationMethod):
     options_class = CEOptions
     uses_teacher = False
     warms_up = False
+    # cross_entropy takes (B, K, H, W) logits with (B, H, W) labels and skips the -100 (ignored) pixels.
+    supports_segmentation = True
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         loss = F.cross_entropy(student.logits.float(), labels, label_smoothing=self.options.label_smoothing)

@@ -14,13 +14,12 @@ of any size stay finite.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from .base import DistillationMethod, MethodOptions, ModelOutputs, require
+from .base import DistillationMethod, MethodOptions, ModelOutputs, require, require_temperature, require_weight
 from .registry import register_method
 
 
@@ -32,9 +31,9 @@ class DKDOptions(MethodOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(self.alpha >= 0 and math.isfinite(self.alpha), "alpha", self.alpha, "a finite number >= 0")
-        require(self.beta >= 0 and math.isfinite(self.beta), "beta", self.beta, "a finite number >= 0")
-        require(self.temperature > 0 and math.isfinite(self.temperature), "temperature", self.temperature, "a finite number > 0")
+        require_weight(self.alpha, "alpha")
+        require_weight(self.beta, "beta")
+        require_temperature(self.temperature, "temperature")
 
 
 def _kl_from_log_probs(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:

@@ -71,8 +71,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers.frequency_attention import FrequencyAttention, LocalSelfAttention
-from .base import DistillationMethod, FeatureRequest, MethodOptions, ModelOutputs, require
+from ..layers.frequency_attention import FrequencyAttention, LocalSelfAttention, SingleValueSafeBatchNorm2d
+from .base import DistillationMethod, FeatureRequest, MethodOptions, ModelOutputs, in_dtype_of, require
 from .registry import register_method
 
 logger = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
     """The 1x1 width adapter of the released code (its conv initialised Kaiming-uniform, a=1)."""
     conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
     nn.init.kaiming_uniform_(conv.weight, a=1)
-    return nn.Sequential(conv, nn.BatchNorm2d(out_channels), nn.ReLU())
+    return nn.Sequential(conv, SingleValueSafeBatchNorm2d(out_channels), nn.ReLU())
 
 
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -348,10 +348,10 @@ class FrequencyAttentionReview(_FrequencyAttentionDistillation):
 
     def stage_outputs(self, student: ModelOutputs, teacher: ModelOutputs) -> list[tuple[torch.Tensor, torch.Tensor]]:
         options = self.options
-        inputs = [student.features[s] for s, _ in self.pairs]
+        inputs = [in_dtype_of(student.features[s], self.stages) for s, _ in self.pairs]
         targets = [self.teacher_target(teacher.features[t]) for _, t in self.pairs]
         if options.pooled_stage != "none":
-            inputs.append(self._pooled(student, options.student_pooled_layer, inputs[-1]))
+            inputs.append(in_dtype_of(self._pooled(student, options.student_pooled_layer, inputs[-1]), self.stages))
         if options.pooled_stage == "loss":
             # Mean of the ReLU'd map: the pooled feature of a post-ReLU stage, as the released code pools it.
             teacher_pooled = self._pooled(teacher, options.teacher_pooled_layer, targets[-1])
@@ -382,6 +382,6 @@ class FrequencyAttentionLayerToLayer(_FrequencyAttentionDistillation):
 
     def stage_outputs(self, student: ModelOutputs, teacher: ModelOutputs) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [
-            (stage(student.features[s]), self.teacher_target(teacher.features[t]))
+            (stage(in_dtype_of(student.features[s], stage)), self.teacher_target(teacher.features[t]))
             for stage, (s, t) in zip(self.stages, self.pairs)
         ]

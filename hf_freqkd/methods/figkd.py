@@ -18,7 +18,6 @@ KL, T = 4, symmetric padding, natural class order, weight 4) are this library's 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Literal, Union
 
@@ -26,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..frequency import wavelet1d
-from .base import DistillationMethod, MethodOptions, ModelOutputs, require
+from .base import DistillationMethod, MethodOptions, ModelOutputs, require, require_temperature
 from .kd import kl_divergence_with_temperature
 from .registry import register_method
 
@@ -75,7 +74,7 @@ class FiGKDOptions(MethodOptions):
         super().__post_init__()
         wavelet1d.check_wavelet(self.wavelet)
         require(self.levels >= 1, "levels", self.levels, "an integer >= 1")
-        require(self.temperature > 0 and math.isfinite(self.temperature), "temperature", self.temperature, "a finite number > 0")
+        require_temperature(self.temperature, "temperature")
         require(self.mode in wavelet1d.MATRIX_MODES, "mode", self.mode, f"one of {', '.join(wavelet1d.MATRIX_MODES)}")
         if self.backend == "ptwt":
             require(self.mode in wavelet1d.PTWT_MODES, "mode", self.mode, f"one of {', '.join(wavelet1d.PTWT_MODES)} with backend ptwt")

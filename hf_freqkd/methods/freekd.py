@@ -46,7 +46,7 @@ from ..layers.frequency_prompts import (
     masked_band_l1,
     pair_channel_weights,
 )
-from .base import DistillationMethod, FeatureRequest, MethodOptions, ModelOutputs, require
+from .base import DistillationMethod, FeatureRequest, MethodOptions, ModelOutputs, in_dtype_of, require, require_weight
 from .registry import register_method
 
 if TYPE_CHECKING:
@@ -130,7 +130,7 @@ class FreeKDOptions(MethodOptions):
         require(self.levels >= 1, "levels", self.levels, "an integer >= 1")
         require(self.mode in BOUNDARY_MODES, "mode", self.mode, f"one of {', '.join(BOUNDARY_MODES)}")
         require(self.wavelet_backend in BACKENDS, "wavelet_backend", self.wavelet_backend, f"one of {', '.join(BACKENDS)}")
-        require(self.mse_weight >= 0 and math.isfinite(self.mse_weight), "mse_weight", self.mse_weight, "a finite number >= 0")
+        require_weight(self.mse_weight, "mse_weight")
         require(self.relation_hidden >= 1, "relation_hidden", self.relation_hidden, "an integer >= 1")
         require(
             self.relation_temperature > 0 and math.isfinite(self.relation_temperature),
@@ -182,6 +182,8 @@ def _deepest(info: "BackboneInfo", count: int, role: str) -> list[str]:
 class FreeKD(DistillationMethod):
     name = "freekd"
     options_class = FreeKDOptions
+    # Backbone features only: the same loss for classifiers and segmentation networks.
+    supports_segmentation = True
 
     def __init__(self, options: FreeKDOptions | None = None):
         super().__init__(options)
@@ -260,7 +262,7 @@ class FreeKD(DistillationMethod):
                 student_map = F.interpolate(
                     student_map.float(), size=teacher_map.shape[-2:], mode="bilinear", align_corners=False, antialias=shrinking
                 ).to(student_map.dtype)
-            aligned.append((adapter(student_map), teacher_map))
+            aligned.append((adapter(in_dtype_of(student_map, adapter)), teacher_map))
         return aligned
 
     def teacher_masks(self, teacher_layer: str, teacher_bands) -> list[torch.Tensor] | list[None]:

@@ -7,13 +7,12 @@ keeps the gradient scale independent of T. The common CIFAR recipe is ``ce: {wei
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from .base import DistillationMethod, MethodOptions, ModelOutputs, require
+from .base import DistillationMethod, MethodOptions, ModelOutputs, require_temperature
 from .registry import register_method
 
 
@@ -23,7 +22,7 @@ class KDOptions(MethodOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(self.temperature > 0 and math.isfinite(self.temperature), "temperature", self.temperature, "a finite number > 0")
+        require_temperature(self.temperature, "temperature")
 
 
 def kl_divergence_with_temperature(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -1,6 +1,7 @@
-"""Models: loading by name or folder, feature extraction, and the CIFAR zoo registered in timm."""
+"""Models: loading by name or folder, feature extraction, the CIFAR zoo and segmentation networks registered in timm."""
 
 from . import cifar  # noqa: F401  registers the CIFAR distillation zoo in timm
+from . import segmentation  # noqa: F401  registers the segfpn segmentation networks in timm
 from .features import BackboneInfo, FeatureExtractor, FrozenTeacher, default_feature_layers
 from .loading import load_checkpoint, load_model, model_num_classes, read_state_dict, resolve_input_config
 

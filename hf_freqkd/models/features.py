@@ -13,6 +13,7 @@ takes (prefix tokens, patch size, layout) for each model.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,6 +43,11 @@ class BackboneInfo:
     @classmethod
     def of(cls, model: nn.Module) -> "BackboneInfo":
         stages = tuple(default_feature_layers(model))
+        backbone = getattr(model, "feature_backbone", None)
+        if isinstance(backbone, str):
+            # A segmentation network (hf_freqkd.models.segmentation): its stages are its backbone's,
+            # in the backbone's layout; its feature_info already names them "<backbone>.<stage>".
+            return dataclasses.replace(cls.of(model.get_submodule(backbone)), stage_layers=stages)
         if is_transformers_model(model):
             config = model.config
             patch = getattr(config, "patch_size", None)

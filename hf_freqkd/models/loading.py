@@ -48,10 +48,19 @@ def load_model(
         raise ValueError(f"model source {source!r} is invalid: expected a timm model name, a local folder or a Hub id")
     model_kwargs = dict(model_kwargs or {})
     library, location = _resolve_source(source)
-    if library == "timm":
-        model = _load_timm(location, num_classes, pretrained, model_kwargs)
-    else:
-        model = _load_transformers(location, num_classes, pretrained, model_kwargs, trust_remote_code)
+    try:
+        if library == "timm":
+            model = _load_timm(location, num_classes, pretrained, model_kwargs)
+        else:
+            model = _load_transformers(location, num_classes, pretrained, model_kwargs, trust_remote_code)
+    except TypeError as error:
+        if not model_kwargs:
+            raise
+        # The constructor's "unexpected keyword argument" says neither which model nor which config key.
+        raise ValueError(
+            f"model '{source}' does not accept the keyword arguments {model_kwargs} ({error}); "
+            "fix teacher_model_kwargs / student_model_kwargs"
+        ) from None
     # Remember how the model was made so an export can rebuild it (timm's model_args).
     model.hf_freqkd_model_args = model_kwargs
     if checkpoint:

@@ -25,3 +25,15 @@ def test_label_smoothing_matches_torch():
 
 def test_needs_no_teacher_and_is_not_warmed_up():
     assert CrossEntropy.uses_teacher is False and CrossEntropy.warms_up is False
+
+
+def test_per_pixel_cross_entropy_skips_ignored_pixels():
+    # Segmentation: (B, K, H, W) logits, (B, H, W) labels, -100 where a pixel has no label.
+    logits = torch.randn(2, 3, 4, 5)
+    labels = torch.randint(0, 3, (2, 4, 5))
+    labels[0, 0] = -100
+    loss = CrossEntropy()(ModelOutputs(logits), None, labels)["loss_ce"]
+    log_p = logits.log_softmax(1).permute(0, 2, 3, 1)[labels != -100]
+    manual = -log_p[torch.arange(len(log_p)), labels[labels != -100]].mean()
+    assert loss.item() == pytest.approx(manual.item(), rel=1e-6)
+    assert CrossEntropy.supports_segmentation

@@ -1,0 +1,499 @@
+"""``hf-freqkd benchmark quality``: one teacher, every listed method on the same student, data,
+schedule and seeds; top-1 / top-5 mean +- std, parameter counts and wall time.
+
+A benchmark config (``configs/bench/*.yaml``) holds::
+
+    name: digits                     # title of the table and chart
+    output_dir: runs/bench/digits
+    seeds: [0, 1, 2]                 # every method runs once per seed
+    common: {...}                    # run config keys shared by the teacher and every student run
+    teacher: {...}                   # the teacher's cross-entropy run (student_model = the teacher's
+                                     # architecture), or {model: <exported teacher folder>} to skip it
+    student: {...}                   # run config keys of every student run (student_model, epochs, ...)
+    methods:                         # label -> the run's ``methods`` mapping, or
+      ce: {ce: {}}                   #   {methods: {...}, <other run config keys for this label>}
+      kd: {ce: {weight: 0.1}, kd: {weight: 0.9}}
+      dkd: {methods: {ce: {}, dkd: {}}, distill_warmup_epochs: 5}
+
+"Run config keys" are those of ``hf-freqkd distill`` configs. A method using ``freekd`` with
+prompts gets its stage 1 (``fit-prompts``) run once, on the teacher, before its first seed; the
+benchmark sets ``methods.freekd.prompts_path``.
+
+Everything is validated before anything trains: unknown keys, unknown method names and bad
+options fail at once, naming the value. Each run's folder gets its resolved ``config.yaml``
+(``hf-freqkd distill --config <run>/config.yaml`` repeats it) and a ``bench_result.json``; a rerun
+of the benchmark reuses finished runs whose config is unchanged, so an interrupted benchmark
+continues where it stopped. Results: ``results.md`` (table), ``results.csv`` (every run),
+``results.png`` (bar chart, mean +- std with each seed as a dot) and ``results.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import difflib
+import json
+import math
+import re
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import apply_overrides, load_yaml, parse_config, read_yaml_config
+
+BENCH_KEYS = ("name", "description", "output_dir", "seeds", "common", "teacher", "student", "methods")
+#: methods drawn in colour in the chart (the frequency-domain ones); the rest are baselines
+FREQUENCY_METHODS = ("figkd", "fam", "fam_l2l", "freekd")
+RESULT_FILE = "bench_result.json"
+TEACHER_DIR = "teacher"
+
+
+@dataclass
+class MethodRun:
+    """One benchmark label: its run-config overrides (``methods`` and any other keys)."""
+
+    label: str
+    overrides: dict[str, Any]
+    folder: str
+
+    @property
+    def method_names(self) -> list[str]:
+        return list(self.overrides["methods"])
+
+    @property
+    def needs_prompts(self) -> bool:
+        freekd = self.overrides["methods"].get("freekd")
+        return freekd is not None and (freekd or {}).get("masks", "prompts") == "prompts"
+
+
+@dataclass
+class BenchmarkConfig:
+    name: str
+    output_dir: Path
+    seeds: list[int]
+    common: dict[str, Any]
+    teacher: dict[str, Any]
+    student: dict[str, Any]
+    methods: list[MethodRun]
+    description: str = ""
+    source: str | None = None
+
+    @property
+    def teacher_model(self) -> str | None:
+        """An existing exported teacher named by ``teacher.model``; None when the benchmark trains it."""
+        return self.teacher.get("model")
+
+    def teacher_dir(self) -> Path:
+        return Path(self.teacher_model) if self.teacher_model else self.output_dir / TEACHER_DIR / "student"
+
+    def teacher_run_config(self) -> dict[str, Any]:
+        values = {**self.common, **self.teacher, "methods": {"ce": {}}, "output_dir": str(self.output_dir / TEACHER_DIR)}
+        return {**values, "seed": self.seeds[0]}
+
+    def run_folder(self, method: MethodRun, seed: int) -> Path:
+        return self.output_dir / "runs" / method.folder / f"seed{seed}"
+
+    def prompts_path(self, method: MethodRun) -> Path:
+        return self.output_dir / "runs" / method.folder / "prompts.safetensors"
+
+    def student_run_config(self, method: MethodRun, seed: int) -> dict[str, Any]:
+        values = copy.deepcopy({**self.common, **self.student, **method.overrides})
+        values["seed"] = seed
+        values["output_dir"] = str(self.run_folder(method, seed))
+        if any(name != "ce" for name in values["methods"]):
+            values["teacher_model"] = str(self.teacher_dir())
+        if method.needs_prompts:
+            values["methods"]["freekd"] = {**(values["methods"]["freekd"] or {}), "prompts_path": str(self.prompts_path(method))}
+        return values
+
+    def prompts_run_config(self, method: MethodRun) -> dict[str, Any]:
+        values = self.student_run_config(method, self.seeds[0])
+        values["output_dir"] = str(self.output_dir / "runs" / method.folder / "prompts")
+        return values
+
+
+# ----------------------------------------------------------------------------------------------
+# Config
+
+
+def load_benchmark_config(path: str | Path, overrides: list[str] | None = None, output_dir: str | None = None) -> BenchmarkConfig:
+    """Read, override (``seeds=[0]``, ``student.num_train_epochs=2``) and validate a benchmark config."""
+    values = read_yaml_config(path)
+    values = _apply_bench_overrides(values, overrides or [])
+    if output_dir is not None:
+        values["output_dir"] = output_dir
+    config = benchmark_config_from_dict(values, source=str(path))
+    validate_runs(config)
+    return config
+
+
+def _apply_bench_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    # config.apply_overrides treats a top-level "methods" as a run's methods; a benchmark's are labels.
+    values = dict(values)
+    methods = values.pop("methods", None)
+    method_overrides = [o for o in overrides if o.strip().startswith("methods.")]
+    values = apply_overrides(values, [o for o in overrides if o not in method_overrides])
+    if method_overrides:
+        nested = apply_overrides({"bench_methods": methods or {}}, [o.replace("methods.", "bench_methods.", 1) for o in method_overrides])
+        methods = nested["bench_methods"]
+    if methods is not None:
+        values["methods"] = methods
+    return values
+
+
+def benchmark_config_from_dict(values: dict[str, Any], source: str | None = None) -> BenchmarkConfig:
+    where = f"benchmark config '{source}'" if source else "benchmark config"
+    unknown = [key for key in values if key not in BENCH_KEYS]
+    if unknown:
+        hints = [f"'{k}'" + (f" (did you mean {', '.join(difflib.get_close_matches(k, BENCH_KEYS, n=2))}?)" if difflib.get_close_matches(k, BENCH_KEYS, n=2) else "") for k in unknown]
+        raise ValueError(f"{where}: unknown key {', '.join(hints)}; expected keys: {', '.join(BENCH_KEYS)}")
+    for key in ("output_dir", "methods", "student"):
+        if not values.get(key):
+            raise ValueError(f"{where}: '{key}' is missing or empty")
+    seeds = values.get("seeds", [0, 1, 2])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise ValueError(f"{where}: seeds = {seeds!r} is invalid: expected a non-empty list of integers >= 0")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"{where}: seeds = {seeds!r} lists a seed twice")
+    sections = {}
+    for key in ("common", "teacher", "student"):
+        section = values.get(key) or {}
+        if not isinstance(section, dict):
+            raise ValueError(f"{where}: '{key}' = {section!r} is invalid: expected a mapping of run config keys")
+        for reserved in ("output_dir", "seed", "methods", "teacher_model"):
+            if reserved in section:
+                raise ValueError(f"{where}: '{key}.{reserved}' is set by the benchmark; remove it (see hf_freqkd/benchmark/quality.py)")
+        sections[key] = dict(section)
+    teacher_keys = set(sections["teacher"]) - {"model"}
+    if "model" in sections["teacher"] and teacher_keys:
+        raise ValueError(
+            f"{where}: teacher.model names an exported teacher, so the teacher is not trained; remove teacher.{', teacher.'.join(sorted(teacher_keys))}"
+        )
+    if "model" not in sections["teacher"] and "student_model" not in sections["teacher"]:
+        raise ValueError(f"{where}: set teacher.student_model (the architecture to train as teacher) or teacher.model (an exported teacher folder)")
+    if not isinstance(values["methods"], dict):
+        raise ValueError(f"{where}: methods = {values['methods']!r} is invalid: expected a mapping of label -> methods")
+    methods, folders = [], {}
+    for label, entry in values["methods"].items():
+        method = _method_run(str(label), entry, where)
+        if method.folder in folders:
+            raise ValueError(f"{where}: method labels '{folders[method.folder]}' and '{label}' map to the same folder name '{method.folder}'")
+        folders[method.folder] = label
+        methods.append(method)
+    return BenchmarkConfig(
+        name=str(values.get("name") or Path(source or "benchmark").stem),
+        description=str(values.get("description") or ""),
+        output_dir=Path(values["output_dir"]),
+        seeds=list(seeds),
+        common=sections["common"],
+        teacher=sections["teacher"],
+        student=sections["student"],
+        methods=methods,
+        source=source,
+    )
+
+
+def _method_run(label: str, entry: Any, where: str) -> MethodRun:
+    from ..methods.registry import normalize_method_specs
+
+    if entry is None or isinstance(entry, (list, str)):
+        entry = {"methods": entry if entry is not None else {label: {}}}
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: methods.{label} = {entry!r} is invalid: expected a methods mapping or {{methods: ..., <run keys>}}")
+    overrides = dict(entry) if "methods" in entry else {"methods": dict(entry)}
+    try:
+        overrides["methods"] = normalize_method_specs(overrides["methods"])
+    except ValueError as error:
+        raise ValueError(f"{where}: methods.{label}: {error}") from None
+    if not overrides["methods"]:
+        raise ValueError(f"{where}: methods.{label} lists no method")
+    for reserved in ("output_dir", "seed", "teacher_model"):
+        if reserved in overrides:
+            raise ValueError(f"{where}: methods.{label}.{reserved} is set by the benchmark; remove it")
+    folder = re.sub(r"[^A-Za-z0-9_.+-]+", "_", label).strip("_") or "method"
+    return MethodRun(label=label, overrides=overrides, folder=folder)
+
+
+def validate_runs(config: BenchmarkConfig) -> None:
+    """Parse every run's config (teacher, each label at the first seed) so bad keys fail before training."""
+    runs = [] if config.teacher_model else [("teacher", config.teacher_run_config())]
+    runs += [(f"method '{m.label}'", config.student_run_config(m, config.seeds[0])) for m in config.methods]
+    for what, values in runs:
+        try:
+            parse_config(None, None, defaults=values)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"benchmark '{config.name}', {what}: {error}") from None
+    if config.teacher_model and not Path(config.teacher_model).is_dir():
+        raise FileNotFoundError(f"teacher.model '{config.teacher_model}' is not a folder (expected an exported teacher, e.g. <run>/student)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Running
+
+
+@dataclass
+class BenchmarkResult:
+    config: BenchmarkConfig
+    rows: list[dict[str, Any]]
+    teacher: dict[str, Any]
+    prompt_seconds: dict[str, float] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def _write_yaml(path: Path, values: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+    return path
+
+
+def _cached(folder: Path, values: dict[str, Any]) -> dict[str, Any] | None:
+    """The stored result of a finished run with the same config; an error if the folder holds another config's."""
+    record_path = folder / RESULT_FILE
+    if not record_path.is_file():
+        return None
+    record = json.loads(record_path.read_text())
+    if record.get("config") != json.loads(json.dumps(values, default=str)):
+        raise ValueError(
+            f"'{folder}' holds the result of a run with a different config; remove it (or the benchmark's output_dir) to rerun"
+        )
+    return record
+
+
+def _store(folder: Path, values: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    record = {**result, "config": json.loads(json.dumps(values, default=str))}
+    (folder / RESULT_FILE).write_text(json.dumps(record, indent=2))
+    return record
+
+
+def _run_training(mode: str, values: dict[str, Any], log) -> dict[str, Any]:
+    from ..run import run
+
+    folder = Path(values["output_dir"])
+    cached = _cached(folder, values)
+    if cached is not None:
+        log(f"  reusing {folder} (finished earlier)")
+        return cached
+    config_path = _write_yaml(folder / "config.yaml", values)
+    start = time.perf_counter()
+    result = run(mode, str(config_path))
+    seconds = time.perf_counter() - start
+    return _store(
+        folder,
+        values,
+        {
+            "top1": result.metrics.get("eval_accuracy", float("nan")),
+            "top5": result.metrics.get("eval_top5_accuracy", float("nan")),
+            "student_parameters": result.student_parameters,
+            "method_parameters": result.method_parameters,
+            "teacher_parameters": result.teacher_parameters,
+            "train_seconds": result.train_seconds,
+            "seconds": seconds,
+        },
+    )
+
+
+def _fit_prompts(config: BenchmarkConfig, method: MethodRun, log) -> float:
+    from ..prompt_fitting import run_fit_prompts
+
+    values = config.prompts_run_config(method)
+    folder = Path(values["output_dir"])
+    cached = _cached(folder, values)
+    if cached is not None and config.prompts_path(method).is_file():
+        log(f"  reusing prompts {config.prompts_path(method)}")
+        return cached["seconds"]
+    config_path = _write_yaml(folder / "config.yaml", values)
+    start = time.perf_counter()
+    result = run_fit_prompts(str(config_path))
+    seconds = time.perf_counter() - start
+    log("  " + result.summary().replace("\n", "\n  "))
+    _store(folder, values, {"seconds": seconds})
+    return seconds
+
+
+def run_quality_benchmark(config: BenchmarkConfig, log=print) -> BenchmarkResult:
+    """Train (or load) the teacher, run every method for every seed, write the table, CSV and chart."""
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    if config.teacher_model:
+        teacher = {"top1": float("nan"), "top5": float("nan"), "student_parameters": _count_parameters(config.teacher_dir()), "seconds": 0.0}
+        log(f"teacher: {config.teacher_model} (loaded, not trained)")
+    else:
+        log(f"teacher: training {config.teacher['student_model']}")
+        teacher = _run_training("teacher", config.teacher_run_config(), log)
+        log(f"teacher: top-1 {100 * teacher['top1']:.2f} % ({teacher['seconds']:.0f} s)")
+    num_classes = _num_classes(config.teacher_dir())
+
+    rows, prompt_seconds = [], {}
+    for method in config.methods:
+        if method.needs_prompts:
+            log(f"{method.label}: fitting FreeKD prompts on the teacher (stage 1)")
+            prompt_seconds[method.label] = _fit_prompts(config, method, log)
+        for seed in config.seeds:
+            record = _run_training("distill", config.student_run_config(method, seed), log)
+            rows.append({"method": method.label, "seed": seed, **{k: v for k, v in record.items() if k != "config"}})
+            log(f"{method.label} seed {seed}: top-1 {100 * record['top1']:.2f} % ({record['seconds']:.0f} s)")
+
+    result = BenchmarkResult(config=config, rows=rows, teacher=teacher, prompt_seconds=prompt_seconds)
+    summary = summarise(rows, [m.label for m in config.methods])
+    show_top5 = num_classes > 5
+    files = {
+        "csv": write_csv(rows, config.output_dir / "results.csv"),
+        "markdown": config.output_dir / "results.md",
+        "png": plot_results(summary, config, teacher, show_top5, config.output_dir / "results.png"),
+        "json": config.output_dir / "results.json",
+    }
+    table = markdown_report(summary, config, teacher, show_top5, num_classes, prompt_seconds, time.perf_counter() - started)
+    files["markdown"].write_text(table + "\n")
+    files["json"].write_text(
+        json.dumps({"name": config.name, "num_classes": num_classes, "teacher": teacher, "summary": summary, "runs": rows}, indent=2, default=str)
+    )
+    result.files = {k: str(v) for k, v in files.items()}
+    log(table)
+    return result
+
+
+def _num_classes(model_dir: Path) -> int:
+    from ..models.loading import load_model, model_num_classes
+
+    return model_num_classes(load_model(str(model_dir)))
+
+
+def _count_parameters(model_dir: Path) -> int:
+    from ..models.loading import load_model
+
+    return sum(p.numel() for p in load_model(str(model_dir)).parameters())
+
+
+# ----------------------------------------------------------------------------------------------
+# Reporting
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(rows: list[dict[str, Any]], labels: list[str]) -> list[dict[str, Any]]:
+    """Per label: mean and sample standard deviation (n - 1) over seeds, in percent."""
+    summary = []
+    for label in labels:
+        runs = [row for row in rows if row["method"] == label]
+        top1, top1_std = _mean_std([100 * r["top1"] for r in runs])
+        top5, top5_std = _mean_std([100 * r["top5"] for r in runs])
+        summary.append(
+            {
+                "method": label,
+                "runs": len(runs),
+                "top1_mean": top1,
+                "top1_std": top1_std,
+                "top1_values": [100 * r["top1"] for r in runs],
+                "top5_mean": top5,
+                "top5_std": top5_std,
+                "student_parameters": runs[0]["student_parameters"] if runs else 0,
+                "method_parameters": runs[0]["method_parameters"] if runs else 0,
+                "seconds_mean": statistics.mean(r["seconds"] for r in runs) if runs else float("nan"),
+            }
+        )
+    return summary
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    fields = ["method", "seed", "top1", "top5", "student_parameters", "method_parameters", "teacher_parameters", "train_seconds", "seconds"]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _parameters(count: int) -> str:
+    return f"{count / 1e6:.3f} M" if count >= 1e5 else f"{count / 1e3:.1f} k" if count else "0"
+
+
+def markdown_report(
+    summary, config: BenchmarkConfig, teacher: dict[str, Any], show_top5: bool, num_classes: int, prompt_seconds: dict[str, float], total_seconds: float
+) -> str:
+    import torch
+
+    student = config.student.get("student_model", "?")
+    teacher_name = config.teacher.get("student_model") or _folder_name(config.teacher_model)
+    lines = [
+        f"### {config.name}: teacher {teacher_name} -> student {student}, {num_classes} classes, seeds {', '.join(map(str, config.seeds))}",
+        "",
+    ]
+    if config.description:
+        lines += [config.description.strip(), ""]
+    header = "| method | top-1 (%) |" + (" top-5 (%) |" if show_top5 else "") + " top-1 vs ce | student params | method params | wall time per run (s) |"
+    lines += [header, "|---|---:|" + ("---:|" if show_top5 else "") + "---:|---:|---:|---:|"]
+    baseline = next((s["top1_mean"] for s in summary if s["method"] == "ce"), None)
+    if not math.isnan(teacher["top1"]):
+        cells = f"| teacher {teacher_name} | {100 * teacher['top1']:.2f} |" + (f" {100 * teacher['top5']:.2f} |" if show_top5 else "")
+        lines.append(cells + f" | {_parameters(teacher['student_parameters'])} | | {teacher['seconds']:.0f} |")
+    for s in summary:
+        delta = "" if baseline is None or s["method"] == "ce" else f"{s['top1_mean'] - baseline:+.2f}"
+        cells = f"| {s['method']} | {s['top1_mean']:.2f} +- {s['top1_std']:.2f} |"
+        if show_top5:
+            cells += f" {s['top5_mean']:.2f} +- {s['top5_std']:.2f} |"
+        cells += f" {delta} | {_parameters(s['student_parameters'])} | {_parameters(s['method_parameters'])} | {s['seconds_mean']:.0f} |"
+        lines.append(cells)
+    lines += [
+        "",
+        f"Mean +- sample standard deviation over {len(config.seeds)} seed(s) on the evaluation split. Method params: trainable "
+        "parameters a method adds (dropped at export). Wall time: one run's training and evaluation, "
+        f"{torch.get_num_threads()} torch threads; total benchmark time {total_seconds / 60:.1f} min.",
+    ]
+    for label, seconds in prompt_seconds.items():
+        lines.append(f"{label}: FreeKD stage 1 (prompt fitting, once for all seeds) took {seconds:.0f} s more.")
+    if config.source:
+        lines.append(f"Command: `hf-freqkd benchmark quality --config {config.source}`")
+    return "\n".join(lines)
+
+
+def _folder_name(path: str) -> str:
+    # An exported teacher is usually <run>/student: the run's folder names it.
+    folder = Path(path)
+    return folder.parent.name if folder.name == "student" and folder.parent.name else folder.name
+
+
+def plot_results(summary, config: BenchmarkConfig, teacher: dict[str, Any], show_top5: bool, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [("top1", "top-1")] + ([("top5", "top-5")] if show_top5 else [])
+    labels = [s["method"] for s in summary]
+    figure, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 0.5 * len(labels) + 1.8), squeeze=False)
+    for axis, (key, title) in zip(axes[0], metrics):
+        means = [s[f"{key}_mean"] for s in summary]
+        spreads = [s[f"{key}_std"] for s in summary]
+        colors = ["#1f77b4" if any(m in s["method"] for m in FREQUENCY_METHODS) else "#9a9a9a" for s in summary]
+        positions = list(range(len(labels)))
+        axis.barh(positions, means, xerr=spreads, color=colors, capsize=4, alpha=0.85)
+        if key == "top1":
+            for position, s in zip(positions, summary):
+                axis.plot(s["top1_values"], [position] * len(s["top1_values"]), "k.", markersize=4)
+        teacher_value = 100 * teacher[key]
+        if not math.isnan(teacher_value):
+            axis.axvline(teacher_value, color="#d62728", linestyle="--", linewidth=1, label=f"teacher {teacher_value:.1f}")
+            axis.legend(loc="lower right", fontsize=8)
+        axis.set_yticks(positions, labels)
+        axis.invert_yaxis()
+        finite = [m - s for m, s in zip(means, spreads) if not math.isnan(m)]
+        upper = [m + s for m, s in zip(means, spreads) if not math.isnan(m)] + ([teacher_value] if not math.isnan(teacher_value) else [])
+        if finite:
+            axis.set_xlim(max(0.0, min(finite) - 5), min(100.0, max(upper) + 3))
+        axis.set_xlabel(f"{title} accuracy (%), mean +- std over {len(config.seeds)} seed(s)")
+        axis.grid(axis="x", alpha=0.3)
+    teacher_name = config.teacher.get("student_model") or _folder_name(config.teacher_model)
+    figure.suptitle(f"{config.name}: {config.student.get('student_model', '')} distilled from {teacher_name}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

@@ -1,0 +1,73 @@
+"""Random augmentation that depends on (seed, epoch, row) only, not on the process's random state.
+
+Augmentations normally draw from the process-wide random generators, so the crop an image gets
+depends on everything drawn before it: the number of dataloader workers, the number of processes,
+and - when a run is resumed - on the fact that accelerate's dataloader draws one batch ahead, so a
+checkpoint's saved RNG state already includes the next batch's draws. Seeding each sample from its
+row index and the epoch makes the augmented batch a pure function of the data order, which the
+Trainer already restores exactly; a resumed run then continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+#: Column holding each row's index, added to training datasets for per-sample seeding.
+ROW_INDEX_COLUMN = "__hf_freqkd_row__"
+
+
+class SeededAugmentation:
+    """Holds the seed and the current epoch; ``sample_random_state(row)`` scopes one sample's draws."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self.epoch = 0
+
+    def sample_seed(self, row: int) -> int:
+        # Distinct for every (seed, epoch, row) a run can reach; torch and random take 64-bit seeds.
+        return (((self.seed * 1_000_003) + self.epoch) * 2_147_483_647 + int(row)) % (2**63)
+
+    @contextmanager
+    def sample_random_state(self, row: int):
+        """Seed torch, ``random`` and NumPy for one sample, restoring the process's state afterwards."""
+        seed = self.sample_seed(row)
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % (2**32))
+            try:
+                yield
+            finally:
+                random.setstate(python_state)
+                np.random.set_state(numpy_state)
+
+
+def with_row_index(dataset):
+    """``dataset`` with a ``ROW_INDEX_COLUMN`` of 0..n-1 (kept if already there)."""
+    if ROW_INDEX_COLUMN in dataset.column_names:
+        return dataset
+    return dataset.add_column(ROW_INDEX_COLUMN, list(range(len(dataset))))
+
+
+def dataset_seeding(dataset) -> SeededAugmentation | None:
+    """The ``SeededAugmentation`` of a dataset formatted by ``with_image_transform``, if any."""
+    transform = (getattr(dataset, "format", None) or {}).get("format_kwargs", {}).get("transform")
+    return getattr(transform, "seeding", None)
+
+
+class AugmentationEpochCallback(TrainerCallback):
+    """Tells the seeded augmentation which epoch the Trainer is starting (also when resuming mid-epoch)."""
+
+    def __init__(self, seeding: SeededAugmentation):
+        self.seeding = seeding
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # state.epoch is fractional when resuming mid-epoch (1.33 = a third into epoch 1).
+        self.seeding.epoch = math.floor(state.epoch + 1e-9) if state.epoch else 0

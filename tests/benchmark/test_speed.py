@@ -1,0 +1,50 @@
+"""``hf-freqkd benchmark speed`` on a tiny pair: table, CSV and chart with the right rows."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+from PIL import Image
+
+from hf_freqkd.benchmark.speed import measure, parse_pair, run_speed_benchmark
+from hf_freqkd.cli import main
+
+
+def test_tiny_speed_benchmark_writes_table_csv_and_chart(tmp_path):
+    code = main([
+        "benchmark", "speed", "--output-dir", str(tmp_path), "--pairs", "resnet8:resnet8", "--methods", "ce", "figkd",
+        "--batch-size", "4", "--iterations", "1", "--warmup", "1", "--memory-steps", "1", "--threads", "1",
+        "--image-size", "16", "--num-classes", "10",
+    ])
+    assert code == 0
+    with open(tmp_path / "speed.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["pair"], row["method"]) for row in rows] == [("resnet8-resnet8", m) for m in ("limit", "ce", "figkd")]
+    for row in rows[1:]:
+        assert not row["error"]
+        assert float(row["limit_ms"]) > 0 and float(row["step_ms"]) > 0 and math.isfinite(float(row["time_ratio"]))
+        assert float(row["peak_mib"]) >= 0
+    table = (tmp_path / "speed.md").read_text()
+    assert table.count("| resnet8-resnet8 |") == 3
+    with Image.open(tmp_path / "speed.png") as image:
+        image.verify()
+    with Image.open(tmp_path / "speed.png") as image:
+        assert image.size[0] >= 400 and image.size[1] >= 200
+
+
+def test_peak_memory_grows_with_the_batch():
+    pair = {"teacher": "resnet8", "student": "resnet8", "image_size": 16, "num_classes": 10, "teacher_kwargs": {}, "student_kwargs": {}}
+    job = {"pair": pair, "methods": None, "iterations": 0, "warmup": 0, "memory_steps": 1, "threads": 1}
+    small = measure({**job, "batch": 2})["peak_mib"]
+    large = measure({**job, "batch": 256})["peak_mib"]
+    # 256 images of 16 px through resnet8 keep tens of MiB of activations for the backward pass.
+    assert large > small + 5
+
+
+def test_unknown_methods_and_pairs_fail_early(tmp_path):
+    with pytest.raises(ValueError, match="unknown method 'figkdd'"):
+        run_speed_benchmark(tmp_path, methods=["figkdd"])
+    with pytest.raises(ValueError, match="pair 'resnet8' is invalid"):
+        parse_pair("resnet8")

@@ -1,0 +1,125 @@
+"""The model card: metadata huggingface_hub parses back, and a body stating teacher, methods and recipe."""
+
+from __future__ import annotations
+
+import pytest
+from huggingface_hub import ModelCard
+
+from hf_freqkd import DistillationConfig
+from hf_freqkd.model_card import build_model_card, hub_model_id, training_recipe, write_model_card
+
+RECORD = {
+    "mode": "distill",
+    "config": {
+        "student_model": "resnet8",
+        "teacher_model": "hf-hub:timm/resnet18.a1_in1k",
+        "methods": {"ce": {"weight": 0.1}, "figkd": {"weight": 0.9}},
+        "dataset": "uoft-cs/cifar100",
+        "dataset_config_name": None,
+        "eval_split": "test",
+        "image_size": 32,
+    },
+    "training": {"epochs": 240.0, "learning_rate": 0.05, "total_batch_size": 64, "optimizer": "sgd", "seed": 7},
+    "metrics": {"eval_loss": 1.2, "eval_accuracy": 0.7312, "eval_top5_accuracy": 0.9251, "eval_runtime": 3.2},
+}
+
+
+def test_eval_results_are_parsed_back_by_huggingface_hub(tmp_path):
+    path = write_model_card(tmp_path, RECORD, "timm", model_name="resnet8-figkd-cifar100")
+    card = ModelCard.load(path)
+    results = {(r.metric_type, r.metric_value) for r in card.data.eval_results}
+    assert results == {("accuracy", 0.7312), ("top_5_accuracy", 0.9251)}
+    first = card.data.eval_results[0]
+    assert (first.task_type, first.dataset_type, first.dataset_split) == (
+        "image-classification",
+        "uoft-cs/cifar100",
+        "test",
+    )
+    assert card.data.model_name == "resnet8-figkd-cifar100"
+
+
+def test_metadata_names_library_tags_teacher_and_dataset(tmp_path):
+    card = ModelCard.load(write_model_card(tmp_path, RECORD, "timm"))
+    assert card.data.library_name == "timm"
+    assert card.data.pipeline_tag == "image-classification"
+    assert {"knowledge-distillation", "hf_freqkd", "figkd", "timm"} <= set(card.data.tags)
+    assert "ce" not in card.data.tags
+    assert card.data.base_model == "timm/resnet18.a1_in1k"
+    assert card.data.datasets == ["uoft-cs/cifar100"]
+
+
+def test_body_states_teacher_methods_with_defaults_and_recipe():
+    text = build_model_card(RECORD, "transformers").content
+    assert "distilled from the teacher `hf-hub:timm/resnet18.a1_in1k` with figkd" in text
+    assert "AutoModelForImageClassification.from_pretrained" in text
+    # Every option, defaults filled in, not only what the config spelled out.
+    figkd_block = text.split("figkd:")[1]
+    assert "weight: 0.9" in figkd_block and "temperature:" in figkd_block
+    for row in (
+        "| epochs | 240.0 |",
+        "| learning_rate | 0.05 |",
+        "| total_batch_size | 64 |",
+        "| optimizer | sgd |",
+        "| seed | 7 |",
+    ):
+        assert row in text
+    assert "| eval_accuracy | 0.7312 |" in text and "eval_runtime" not in text
+
+
+def test_local_teacher_and_bundled_dataset_are_not_hub_metadata():
+    record = {**RECORD, "config": {**RECORD["config"], "teacher_model": "runs/teacher/student", "dataset": "digits"}}
+    card = build_model_card(record, "timm")
+    assert card.data.base_model is None and card.data.datasets is None
+    assert card.data.eval_results[0].dataset_type == "digits"
+
+
+def test_teacher_run_card_without_metrics():
+    record = {
+        "mode": "teacher",
+        "config": {"student_model": "resnet20", "methods": {"ce": {}}, "dataset": "digits"},
+        "metrics": {},
+    }
+    card = build_model_card(record, "timm")
+    assert "knowledge-distillation" not in card.data.tags
+    assert not card.data.eval_results and card.data.base_model is None
+    assert "trained with cross-entropy" in card.content
+
+
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("hf-hub:timm/resnet18.a1_in1k", "timm/resnet18.a1_in1k"),
+        ("timm:hf-hub:timm/vit_tiny_patch16_224.augreg_in21k", "timm/vit_tiny_patch16_224.augreg_in21k"),
+        ("facebook/deit-tiny-patch16-224", "facebook/deit-tiny-patch16-224"),
+        ("transformers:microsoft/resnet-18", "microsoft/resnet-18"),
+        ("resnet32x4", None),
+        ("./runs/teacher", None),
+        ("/abs/runs/teacher/student", None),
+        (None, None),
+    ],
+)
+def test_hub_model_id(source, expected):
+    assert hub_model_id(source) == expected
+
+
+def test_training_recipe_is_a_whitelist_without_secrets(tmp_path):
+    args = DistillationConfig(
+        output_dir=str(tmp_path),
+        methods={"kd": {}},
+        learning_rate=0.05,
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=2,
+        lr_decay_epochs=[150, 180],
+        seed=3,
+        use_cpu=True,
+        report_to="none",
+    )
+    recipe = training_recipe(args)
+    assert recipe["total_batch_size"] == 16 and recipe["seed"] == 3 and recipe["learning_rate"] == 0.05
+    assert recipe["lr_scheduler"] == "step decay at epochs 150, 180 (x0.1)"
+    assert not any("token" in key for key in recipe)
+
+
+def test_unknown_library_is_refused():
+    with pytest.raises(ValueError, match="library_name = 'keras' is invalid"):
+        build_model_card(RECORD, "keras")

@@ -1,0 +1,91 @@
+"""Two processes with ``accelerate launch --multi_gpu`` (gloo on this CPU machine) keep student and
+method modules in lockstep, and train the same student as one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+# LayerNorm student (no batch statistics, so 2 x 8 rows give the same update as 1 x 16), KD, and
+# random augmentation (seeded per sample, so the same whatever the number of processes).
+RUN = {
+    "student_model": "test_vit",
+    "student_model_kwargs": {"img_size": 32},
+    "teacher_model": "resnet8",
+    "dataset": "digits",
+    "image_size": 32,
+    "augmentation": "crop_flip",
+    "max_train_samples": 64,
+    "max_eval_samples": 32,
+    "methods": {"ce": {"weight": 1.0}, "kd": {"weight": 1.0}},
+    "optim": "sgd",
+    "optim_args": "momentum=0.9",
+    "learning_rate": 0.05,
+    "max_grad_norm": 0.0,
+    "max_steps": 3,
+    "save_strategy": "no",
+    "eval_strategy": "no",
+    "logging_steps": 1,
+    "report_to": "none",
+    "use_cpu": True,
+    "seed": 0,
+    "disable_tqdm": True,
+}
+
+WORKER = """
+import json, sys
+from safetensors.torch import save_file
+from hf_freqkd.run import prepare_run
+
+trainer, *_ = prepare_run("distill", defaults=json.loads(sys.argv[1]))
+trainer.train()
+state = trainer.accelerator.unwrap_model(trainer.model).state_dict()
+save_file({k: v.detach().contiguous() for k, v in state.items()}, f"{sys.argv[2]}/rank{trainer.args.process_index}.safetensors")
+"""
+
+
+def launch(tmp_path, processes: int, batch: int, name: str, **extra) -> list[dict[str, torch.Tensor]]:
+    out = tmp_path / name
+    out.mkdir()
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    values = {**RUN, "output_dir": str(out / "run"), "per_device_train_batch_size": batch, **extra}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes), "--num_machines", "1"]
+    command += ["--multi_gpu"] if processes > 1 else ["--cpu"]
+    command += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", str(script), json.dumps(values), str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [load_file(str(out / f"rank{rank}.safetensors")) for rank in range(processes)]
+
+
+def test_two_processes_train_the_same_student_as_one_process(tmp_path):
+    rank0, rank1 = launch(tmp_path, processes=2, batch=8, name="two")
+    (single,) = launch(tmp_path, processes=1, batch=16, name="one")
+
+    for key in rank0:  # DDP keeps the ranks in lockstep
+        assert torch.equal(rank0[key], rank1[key]), key
+    from hf_freqkd.models import load_model
+
+    initial = load_model("test_vit", num_classes=10, model_kwargs={"img_size": 32})  # same seed as the runs
+    moved = max((rank0[f"student.model.{k}"] - v).abs().max().item() for k, v in initial.state_dict().items())
+    assert moved > 1e-3, "training did not change the student"
+    for key in single:  # the same global batch of 16: the same result up to float reduction order
+        torch.testing.assert_close(rank0[key], single[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_method_modules_are_synchronised_across_processes(tmp_path):
+    # FAM adds filters, adapters and BatchNorm layers. DDP averages their gradients like the student's,
+    # so every parameter is identical on both ranks. BatchNorm running statistics are buffers that DDP
+    # copies from rank 0 before each forward; each rank's last forward updates its own copy.
+    rank0, rank1 = launch(tmp_path, processes=2, batch=8, name="fam", methods={"ce": {}, "fam": {}}, student_model="resnet8",
+                          student_model_kwargs={}, teacher_model="resnet14")
+    parameters = [key for key in rank0 if not key.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert any(key.startswith("methods.fam.") for key in parameters)
+    for key in parameters:
+        assert torch.equal(rank0[key], rank1[key]), key

@@ -17,11 +17,15 @@ from typing import Any
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-TASK = "image-classification"
+# hf_freqkd's task (DataArguments.task) -> the Hub's pipeline tag and model-index task type.
+PIPELINE_TAGS = {"classification": "image-classification", "segmentation": "image-segmentation"}
 
 # Evaluation metrics reported by the Trainer (eval_ prefix) -> (model-index metric type, readable name).
 _METRICS = {
     "eval_accuracy": ("accuracy", "Top-1 accuracy"),
+    "eval_mean_iou": ("mean_iou", "Mean IoU"),
+    "eval_pixel_accuracy": ("pixel_accuracy", "Pixel accuracy"),
+    "eval_mean_accuracy": ("mean_accuracy", "Mean class accuracy"),
 }
 
 
@@ -55,7 +59,7 @@ def _resolved_methods(methods: dict[str, dict[str, Any]]) -> dict[str, dict[str,
 
 
 def _eval_results(
-    metrics: dict[str, Any], dataset: str, config_name: str | None, split: str | None
+    metrics: dict[str, Any], dataset: str, config_name: str | None, split: str | None, task: str
 ) -> list[EvalResult]:
     results = []
     names = dict(_METRICS)
@@ -68,7 +72,7 @@ def _eval_results(
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             results.append(
                 EvalResult(
-                    task_type=TASK,
+                    task_type=task,
                     dataset_type=dataset,
                     dataset_name=dataset,
                     dataset_config=config_name,
@@ -95,9 +99,10 @@ def build_model_card(record: dict[str, Any], library_name: str, model_name: str 
     methods = _resolved_methods(config.get("methods") or {})
     if mode == "teacher":
         methods = {name: options for name, options in methods.items() if name == "ce"}
+    task = PIPELINE_TAGS.get(config.get("task") or "classification", "image-classification")
     model_name = model_name or f"{Path(str(student)).name}-{'-'.join(n for n in methods if n != 'ce') or 'ce'}"
 
-    tags = ["hf_freqkd", TASK]
+    tags = ["hf_freqkd", task]
     if mode == "distill":
         tags.append("knowledge-distillation")
     tags += [name for name in methods if name != "ce"]
@@ -106,12 +111,12 @@ def build_model_card(record: dict[str, Any], library_name: str, model_name: str 
     dataset_id = _hub_dataset_id(dataset)
     data = ModelCardData(
         library_name=library_name,
-        pipeline_tag=TASK,
+        pipeline_tag=task,
         tags=tags,
         base_model=hub_model_id(teacher),
         datasets=[dataset_id] if dataset_id else None,
         model_name=model_name,
-        eval_results=_eval_results(metrics, dataset, config.get("dataset_config_name"), config.get("eval_split"))
+        eval_results=_eval_results(metrics, dataset, config.get("dataset_config_name"), config.get("eval_split"), task)
         or None,
     )
     body = _card_body(record, library_name, model_name, student, teacher, dataset, methods, training, metrics)
@@ -122,15 +127,16 @@ def _card_body(record, library_name, model_name, student, teacher, dataset, meth
     mode = record.get("mode", "distill")
     config = record.get("config", {})
     lines = [f"# {model_name}", ""]
+    kind = "Segmentation network" if config.get("task") == "segmentation" else "Image classifier"
     if mode == "distill":
         method_names = ", ".join(n for n in methods if n != "ce") or "ce"
         lines.append(
-            f"Image classifier `{student}` distilled from the teacher `{teacher}` with {method_names} "
+            f"{kind} `{student}` distilled from the teacher `{teacher}` with {method_names} "
             f"on `{dataset}`, trained with hf_freqkd on the Hugging Face `Trainer`."
         )
     else:
         lines.append(
-            f"Image classifier `{student}` trained with cross-entropy on `{dataset}` (an hf_freqkd teacher run)."
+            f"{kind} `{student}` trained with cross-entropy on `{dataset}` (an hf_freqkd teacher run)."
         )
     lines += ["", "## Use", "", "```python"]
     if library_name == "timm":

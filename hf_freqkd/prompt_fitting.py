@@ -463,58 +463,18 @@ def fit_prompts(
 
 
 def _load_data(args, model_args, data_args):
-    """(train dataset, report dataset, number of classes), prepared as ``distill`` prepares them.
+    """(train dataset, report dataset, number of classes), exactly as ``distill`` prepares them."""
+    from .models.loading import load_model
+    from .run import input_config_for, load_run_data
 
-    Mirrors the data part of :func:`hf_freqkd.run.prepare_run` (same splits, columns, class count,
-    held-out fraction, sample caps and the student's input size and normalisation), so the teacher
-    sees in stage 1 exactly the images it sees in stage 2.
-    """
-    from .data.loading import check_labels_in_range, count_classes, detect_columns, load_image_dataset, pick_split, with_image_transform
-    from .data.segmentation import segmentation_data_functions
-    from .models.loading import load_model, resolve_input_config
-
-    data = load_image_dataset(data_args.dataset, data_args.dataset_config_name, args.trust_remote_code)
-    splits = list(data)
-    train_split = pick_split(splits, data_args.train_split, "train", ["train"])
-    eval_split = pick_split(splits, data_args.eval_split, "eval", ["validation", "valid", "val", "test"])
-    train_data = data[train_split]
-    if len(train_data) == 0:
-        raise ValueError(f"the train split '{train_split}' of dataset '{data_args.dataset}' is empty")
-    if data_args.task == "segmentation":
-        # label_column is the mask column; the per-pixel cross-entropy is the teacher's task loss.
-        image_column, label_column, num_classes, transform, check_labels = segmentation_data_functions(train_data, data_args, model_args.num_classes)
-    else:
-        image_column, label_column = detect_columns(train_data, data_args.image_column, data_args.label_column)
-        num_classes = model_args.num_classes or count_classes(train_data, label_column)
-        transform, check_labels = with_image_transform, check_labels_in_range
-    eval_data = data[eval_split] if eval_split else None
-    if getattr(data_args, "validation_fraction", None) and eval_data is None:
-        import datasets
-
-        stratify = label_column if isinstance(train_data.features[label_column], datasets.ClassLabel) else None
-        held_out = train_data.train_test_split(test_size=data_args.validation_fraction, seed=args.seed, stratify_by_column=stratify)
-        train_data, eval_data = held_out["train"], held_out["test"]
-    if data_args.max_train_samples:
-        train_data = train_data.select(range(min(data_args.max_train_samples, len(train_data))))
-    if eval_data is not None and data_args.max_eval_samples:
-        eval_data = eval_data.select(range(min(data_args.max_eval_samples, len(eval_data))))
-    check_labels(train_data, label_column, num_classes, train_split)
+    data = load_run_data(args, model_args, data_args)
     # The input size and normalisation are the student's (no weights needed to read them).
-    student = load_model(
-        model_args.student_model,
-        num_classes=num_classes,
-        model_kwargs=model_args.student_model_kwargs,
-        trust_remote_code=args.trust_remote_code,
-    )
-    input_config = resolve_input_config(student)
-    del student
-    if data_args.image_size:
-        input_config["input_size"] = (input_config["input_size"][0], data_args.image_size, data_args.image_size)
-    train_dataset = transform(train_data, image_column, label_column, input_config, training=True, augmentation=data_args.augmentation)
-    report_dataset = transform(
-        eval_data if eval_data is not None else train_data, image_column, label_column, input_config, training=False, augmentation="none"
-    )
-    return train_dataset, report_dataset, num_classes
+    student = load_model(model_args.student_model, num_classes=data.num_classes, model_kwargs=model_args.student_model_kwargs, trust_remote_code=args.trust_remote_code)
+    input_config = input_config_for(student, data_args)
+    train_dataset, eval_dataset = data.formatted(input_config, data_args.augmentation)
+    if eval_dataset is None:  # report the task loss on the training images, unaugmented
+        eval_dataset = data.transform(data.train, data.image_column, data.label_column, input_config, training=False, augmentation="none")
+    return train_dataset, eval_dataset, data.num_classes
 
 
 def run_fit_prompts(config_path: str | None = None, overrides: list[str] | None = None) -> PromptFittingResult:

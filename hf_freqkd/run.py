@@ -62,6 +62,52 @@ def prepare_run(
     check_output_dir(args)
     set_seed_for(args)  # the student (and a teacher built from a name) are created below, before the Trainer
 
+    data = load_run_data(args, model_args, data_args)
+    student = load_model(
+        model_args.student_model,
+        num_classes=data.num_classes,
+        checkpoint=model_args.student_checkpoint,
+        pretrained=model_args.student_pretrained,
+        model_kwargs=model_args.student_model_kwargs,
+        trust_remote_code=args.trust_remote_code,
+    )
+    train_dataset, eval_dataset = data.formatted(input_config_for(student, data_args), data_args.augmentation)
+    if eval_dataset is None and args.eval_strategy != "no":
+        raise ValueError(
+            f"eval_strategy is '{getattr(args.eval_strategy, 'value', args.eval_strategy)}' but the dataset has no evaluation split (splits: {', '.join(data.splits)}); "
+            "set validation_fraction to hold out part of the train split, eval_split, or eval_strategy: 'no'"
+        )
+    trainer = DistillationTrainer(model=student, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset)
+    return trainer, args, model_args, data_args
+
+
+@dataclass
+class RunData:
+    """A run's raw train/eval splits, checked, with what formats them for the model."""
+
+    train: Any
+    eval: Any
+    image_column: str
+    label_column: str
+    num_classes: int
+    splits: list[str]
+    transform: Any  # with_image_transform, or the segmentation one
+
+    def formatted(self, input_config: dict[str, Any], augmentation: str):
+        """(train dataset, eval dataset or None) yielding ``pixel_values`` and ``labels``."""
+        train = self.transform(self.train, self.image_column, self.label_column, input_config, training=True, augmentation=augmentation)
+        evaluation = None
+        if self.eval is not None:
+            evaluation = self.transform(self.eval, self.image_column, self.label_column, input_config, training=False, augmentation="none")
+        return train, evaluation
+
+
+def load_run_data(args: DistillationConfig, model_args: ModelArguments, data_args: DataArguments) -> RunData:
+    """Load the dataset, pick and cap the splits, find columns and classes, check every label.
+
+    Shared by ``train-teacher``/``distill`` and FreeKD's ``fit-prompts``, so the teacher sees the
+    same images in both stages.
+    """
     data = load_image_dataset(data_args.dataset, data_args.dataset_config_name, args.trust_remote_code)
     splits = list(data)
     train_split = pick_split(splits, data_args.train_split, "train", ["train"])
@@ -91,33 +137,15 @@ def prepare_run(
     check_labels(train_data, label_column, num_classes, train_split)
     if eval_data is not None:
         check_labels(eval_data, label_column, num_classes, eval_split)
+    return RunData(train_data, eval_data, image_column, label_column, num_classes, splits, transform)
 
-    student = load_model(
-        model_args.student_model,
-        num_classes=num_classes,
-        checkpoint=model_args.student_checkpoint,
-        pretrained=model_args.student_pretrained,
-        model_kwargs=model_args.student_model_kwargs,
-        trust_remote_code=args.trust_remote_code,
-    )
-    input_config = resolve_input_config(student)
+
+def input_config_for(model, data_args: DataArguments) -> dict[str, Any]:
+    """The model's input size and normalisation (timm pretrained_cfg), with ``image_size`` applied."""
+    input_config = resolve_input_config(model)
     if data_args.image_size:
         input_config["input_size"] = (input_config["input_size"][0], data_args.image_size, data_args.image_size)
-    train_dataset = transform(
-        train_data, image_column, label_column, input_config, training=True, augmentation=data_args.augmentation
-    )
-    eval_dataset = (
-        transform(eval_data, image_column, label_column, input_config, training=False, augmentation="none")
-        if eval_data is not None
-        else None
-    )
-    if eval_dataset is None and args.eval_strategy != "no":
-        raise ValueError(
-            f"eval_strategy is '{getattr(args.eval_strategy, 'value', args.eval_strategy)}' but the dataset has no evaluation split (splits: {', '.join(splits)}); "
-            "set validation_fraction to hold out part of the train split, eval_split, or eval_strategy: 'no'"
-        )
-    trainer = DistillationTrainer(model=student, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset)
-    return trainer, args, model_args, data_args
+    return input_config
 
 
 def _is_class_label(dataset, column: str) -> bool:

@@ -248,7 +248,7 @@ def compute_spectrum(inputs: SpectrumInputs) -> dict[str, Any]:
     result: dict[str, Any] = {
         "settings": {
             "models": models, "dataset": inputs.dataset, "dataset_config_name": inputs.dataset_config_name, "split": split,
-            "images": int(len(pixels)), "image_size": list(pixels.shape[-2:]), "num_classes": num_classes, "wavelet": inputs.wavelet,
+            "images": len(pixels), "image_size": list(pixels.shape[-2:]), "num_classes": num_classes, "wavelet": inputs.wavelet,
             "orthogonal": bool(wavelet.orthogonal), "extension": "periodization", "layer_pairs": pairs,
         },
         "accuracy": {}, "logits": {}, "logit_difference": {}, "features": {pair: {} for pair in pairs},
@@ -270,9 +270,9 @@ def compute_spectrum(inputs: SpectrumInputs) -> dict[str, Any]:
                     "fft_radial": radial_fft_energy(maps),
                     "wavelet": wavelet2d_band_energy(maps, inputs.wavelet, inputs.feature_levels or default_feature_levels(maps.shape[-2:], inputs.wavelet)),
                 }
-    for role in all_logits:
+    for role, logits in all_logits.items():
         if role != "teacher":
-            result["logit_difference"][role] = logit_band_energy(all_logits[role] - all_logits["teacher"], inputs.wavelet, levels)
+            result["logit_difference"][role] = logit_band_energy(logits - all_logits["teacher"], inputs.wavelet, levels)
     return result
 
 

@@ -123,3 +123,19 @@ def test_training_recipe_is_a_whitelist_without_secrets(tmp_path):
 def test_unknown_library_is_refused():
     with pytest.raises(ValueError, match="library_name = 'keras' is invalid"):
         build_model_card(RECORD, "keras")
+
+
+def test_segmentation_card_has_the_segmentation_task_and_miou():
+    from hf_freqkd.model_card import build_model_card
+
+    record = {
+        "mode": "distill",
+        "config": {"student_model": "segfpn_resnet8", "teacher_model": "runs/t/student", "dataset": "shapes_segmentation",
+                   "task": "segmentation", "methods": {"ce": {}}},
+        "metrics": {"eval_mean_iou": 0.61234, "eval_pixel_accuracy": 0.9},
+    }
+    card = build_model_card(record, "timm")
+    assert card.data.pipeline_tag == "image-segmentation"
+    results = {r.metric_type: (r.task_type, r.metric_value) for r in card.data.eval_results}
+    assert results["mean_iou"] == ("image-segmentation", 0.6123) and "pixel_accuracy" in results
+    assert "Segmentation network `segfpn_resnet8`" in card.text

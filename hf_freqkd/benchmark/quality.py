@@ -43,7 +43,7 @@ from typing import Any
 
 import yaml
 
-from ..config import apply_overrides, load_yaml, parse_config, read_yaml_config
+from ..config import apply_overrides, parse_config, read_yaml_config
 
 BENCH_KEYS = ("name", "description", "output_dir", "seeds", "common", "teacher", "student", "methods")
 #: methods drawn in colour in the chart (the frequency-domain ones); the rest are baselines
@@ -444,9 +444,11 @@ def markdown_report(
         lines.append(cells)
     lines += [
         "",
-        f"Mean +- sample standard deviation over {len(config.seeds)} seed(s) on the evaluation split. Method params: trainable "
-        "parameters a method adds (dropped at export). Wall time: one run's training and evaluation, "
-        f"{torch.get_num_threads()} torch threads; total benchmark time {total_seconds / 60:.1f} min.",
+        (
+            f"Mean +- sample standard deviation over {len(config.seeds)} seed(s) on the evaluation split. Method params: trainable "
+            "parameters a method adds (dropped at export). Wall time: one run's training and evaluation, "
+            f"{torch.get_num_threads()} torch threads; total benchmark time {total_seconds / 60:.1f} min."
+        ),
     ]
     for label, seconds in prompt_seconds.items():
         lines.append(f"{label}: FreeKD stage 1 (prompt fitting, once for all seeds) took {seconds:.0f} s more.")

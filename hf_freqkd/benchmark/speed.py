@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import resource
 import subprocess
@@ -145,7 +146,7 @@ def run_worker(job: dict[str, Any], timeout: float | None = None) -> dict[str, A
     env = {**os.environ, "OMP_NUM_THREADS": str(job["threads"]), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
     command = [sys.executable, "-m", "hf_freqkd.benchmark.speed", "--worker", json.dumps(job)]
     try:
-        completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+        completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s"}
     lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
@@ -276,7 +277,7 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def _cell(value: float, pattern: str) -> str:
-    return "n/a" if value != value else pattern.format(value)
+    return "n/a" if math.isnan(value) else pattern.format(value)
 
 
 def markdown_table(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
@@ -294,10 +295,12 @@ def markdown_table(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"Batch {settings['batch']}, random images, {settings['threads']} torch threads, time: median of {settings['iterations']} "
-        f"interleaved iterations after {settings['warmup']} warm-up; memory: peak resident memory added by "
-        f"{settings['memory_steps']} training steps in a fresh process (see hf_freqkd/benchmark/speed.py). "
-        f"Limit = one student training step + one teacher no-grad forward. Load average at the end: {settings['load_average']:.1f}.",
+        (
+            f"Batch {settings['batch']}, random images, {settings['threads']} torch threads, time: median of {settings['iterations']} "
+            f"interleaved iterations after {settings['warmup']} warm-up; memory: peak resident memory added by "
+            f"{settings['memory_steps']} training steps in a fresh process (see hf_freqkd/benchmark/speed.py). "
+            f"Limit = one student training step + one teacher no-grad forward. Load average at the end: {settings['load_average']:.1f}."
+        ),
     ]
     return "\n".join(lines)
 
@@ -320,7 +323,8 @@ def plot_speed(rows: list[dict[str, Any]], path: Path, settings: dict[str, Any])
             positions = np.arange(len(methods)) + (index - (len(pairs) - 1) / 2) * height
             axis.barh(positions, np.nan_to_num(values, nan=0.0), height=height, label=pair)
             for position, value in zip(positions, values):
-                axis.text((0 if value != value else value) + 0.02, position, "n/a" if value != value else f"{value:.2f}", va="center", fontsize=7)
+                missing = math.isnan(value)
+                axis.text((0 if missing else value) + 0.02, position, "n/a" if missing else f"{value:.2f}", va="center", fontsize=7)
         axis.axvline(1.0, color="k", linestyle="--", linewidth=1)
         axis.set_yticks(np.arange(len(methods)), methods)
         axis.invert_yaxis()

@@ -183,7 +183,7 @@ def _generate(config: FineGrainedConfig):
 
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=class_names(config.classes))})
 
-    def split(index: int, per_class: int) -> "datasets.Dataset":
+    def split(index: int, per_class: int) -> datasets.Dataset:
         rng = np.random.default_rng([config.seed, index])
         labels = [label for label in range(config.classes) for _ in range(per_class)]
         images = [Image.fromarray(render(label, config.image_size, rng)) for label in labels]

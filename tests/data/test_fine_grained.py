@@ -16,7 +16,7 @@ from hf_freqkd.data.fine_grained import (
 )
 from hf_freqkd.data.loading import load_image_dataset
 
-SMALL = dict(classes=12, train_per_class=3, test_per_class=2, image_size=16, seed=3)
+SMALL = {"classes": 12, "train_per_class": 3, "test_per_class": 2, "image_size": 16, "seed": 3}
 
 
 def pixels(split) -> np.ndarray:

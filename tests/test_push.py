@@ -1,9 +1,10 @@
 """``hf-freqkd push`` and ``push_to_hub: true``: the exported student reaches the Hub API, and nothing else.
 
-The Hub is a loopback server (tests/hub_server.py) that records requests and commits. The upload
-runs in a subprocess with HF_ENDPOINT pointing at it (huggingface_hub reads it at import) and
-HF_HUB_OFFLINE=0 in that subprocess only; error paths run in-process with huggingface_hub's
-constants patched.
+The Hub is a loopback server (tests/hub_server.py) that records requests and commits, and serves
+the committed files back through the Hub's download routes. The upload runs in a subprocess with
+HF_ENDPOINT pointing at it (huggingface_hub reads it at import) and HF_HUB_OFFLINE=0 in that
+subprocess only; error paths run in-process with huggingface_hub's constants patched. A pushed
+student is loaded back by its repo id in a fresh subprocess with an empty cache, as a user would.
 """
 
 from __future__ import annotations
@@ -95,10 +96,11 @@ def test_push_commits_the_export_with_the_token(finished_run, tmp_path):
             command, env=hub_env(tmp_path, hub.endpoint, FAKE_ENV_TOKEN), capture_output=True, text=True, timeout=300
         )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert (
-        result.stdout.strip() == f"pushed {finished_run / 'student'} to {hub.endpoint}/me/resnet8-kd/commit/{'a' * 40}"
-    )
     [commit] = hub.recorder.commits
+    assert (
+        result.stdout.strip()
+        == f"pushed {finished_run / 'student'} to {hub.endpoint}/me/resnet8-kd/commit/{commit.oid}"
+    )
     assert (commit.repo_id, commit.revision, commit.summary) == ("me/resnet8-kd", "dev", "first student")
     assert sorted(commit.files) == EXPORT_FILES
     assert commit.files == before  # byte for byte what was exported locally
@@ -303,3 +305,168 @@ def test_trainer_push_to_hub_sends_the_student_not_the_distiller(tmp_path, in_pr
     card = ModelCard.load(tmp_path / "nb" / "student" / "README.md")
     assert {"kd", "fam", "knowledge-distillation"} <= set(card.data.tags)
     assert FAKE_TOKEN.encode() not in (tmp_path / "nb" / "checkpoint-1" / "training_args.bin").read_bytes()
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop closed: what was pushed loads back from the Hub by id, as a user loads it
+
+LOAD_FROM_HUB = """
+import json, sys
+import torch
+import hf_freqkd  # noqa: F401  registers the CIFAR zoo, as the model card says
+from huggingface_hub import ModelCard, hf_hub_download, snapshot_download
+from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+repo_id, library, images_file, out_file = sys.argv[1:]
+torch.set_num_threads(int({threads}))
+images = torch.load(images_file)
+if library == "timm":
+    import timm
+    model = timm.create_model(f"hf-hub:{{repo_id}}", pretrained=True).eval()
+    with torch.no_grad():
+        logits = model(images)
+else:
+    from transformers import AutoModelForImageClassification
+    model = AutoModelForImageClassification.from_pretrained(repo_id).eval()
+    with torch.no_grad():
+        logits = model(pixel_values=images).logits
+card = ModelCard.load(repo_id)
+snapshot = snapshot_download(repo_id)
+misses = []
+for call in (
+    lambda: hf_hub_download(repo_id, "missing.bin"),
+    lambda: hf_hub_download(repo_id, "config.json", revision="no-such-branch"),
+    lambda: hf_hub_download("me/no-such-repo", "config.json"),
+):
+    try:
+        call()
+    except (EntryNotFoundError, RevisionNotFoundError, RepositoryNotFoundError) as error:
+        misses.append(type(error).__name__)
+torch.save(
+    {{
+        "type": type(model).__name__,
+        "logits": logits,
+        "card": hf_hub_download(repo_id, "README.md"),
+        "eval_results": sorted((r.metric_type, r.metric_value) for r in card.data.eval_results),
+        "snapshot": snapshot,
+        "misses": misses,
+    }},
+    out_file,
+)
+"""
+
+
+def load_back_from_hub(tmp_path: Path, hub: LoopbackHub, repo_id: str, library: str, images) -> dict:
+    """Load ``repo_id`` in a fresh process: HF_ENDPOINT at the loopback Hub, online, an empty cache, no token."""
+    import torch
+
+    torch.save(images, tmp_path / "images.pt")
+    env = hub_env(tmp_path, hub.endpoint, None)
+    env.update(
+        HF_HOME=str(tmp_path / "fresh_hf_home"),
+        HF_HUB_CACHE=str(tmp_path / "fresh_hf_home" / "hub"),
+        TRANSFORMERS_OFFLINE="0",
+    )
+    script = LOAD_FROM_HUB.format(threads=torch.get_num_threads())
+    command = [sys.executable, "-c", script, repo_id, library, str(tmp_path / "images.pt"), str(tmp_path / "out.pt")]
+    result = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = torch.load(tmp_path / "out.pt")
+    for downloaded in (loaded["snapshot"], loaded["card"]):  # into the fresh cache, nowhere else
+        assert Path(downloaded).is_relative_to(tmp_path / "fresh_hf_home" / "hub")
+    return loaded
+
+
+def check_served_back(loaded: dict, hub: LoopbackHub, repo_id: str, folder: Path) -> None:
+    """The download saw exactly the pushed export; misses raised huggingface_hub's own errors."""
+    assert hub.recorder.unrouted == [], hub.recorder.unrouted  # every request the loaders made was a route the Hub has
+    assert snapshot(Path(loaded["snapshot"])) == hub.recorder.files(repo_id) == snapshot(folder)
+    assert Path(loaded["card"]).read_bytes() == (folder / "README.md").read_bytes()
+    assert loaded["misses"] == ["RemoteEntryNotFoundError", "RevisionNotFoundError", "RepositoryNotFoundError"]
+    # The weights came through the download route, by branch or by the commit it points to.
+    head = hub.recorder.commits[-1].oid
+    downloads = {path for method, path, _ in hub.recorder.requests if method == "GET"}
+    assert downloads & {f"/{repo_id}/resolve/{rev}/model.safetensors" for rev in ("main", head)}
+
+
+def test_pushed_timm_student_loads_back_from_the_hub_by_id(tmp_path, in_process_hub, monkeypatch):
+    import torch
+
+    from hf_freqkd.push import push_run
+    from hf_freqkd.run import run
+
+    # A real (tiny) distillation of the CIFAR-zoo resnet8, exported with its card, then pushed.
+    output_dir = tmp_path / "resnet8_kd"
+    run(
+        "distill",
+        defaults={
+            **TINY_RUN,
+            "max_steps": 1,
+            "eval_strategy": "no",
+            "save_strategy": "no",
+            "output_dir": str(output_dir),
+            "report_to": "none",
+        },
+    )
+    monkeypatch.setenv("HF_TOKEN", FAKE_ENV_TOKEN)
+    folder, url = push_run(output_dir, "me/resnet8-kd")
+    assert url.startswith(f"{in_process_hub.endpoint}/me/resnet8-kd/commit/")
+
+    local = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    images = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        expected = local(images)
+    loaded = load_back_from_hub(tmp_path, in_process_hub, "me/resnet8-kd", "timm", images)
+
+    assert loaded["type"] == type(local).__name__
+    assert torch.equal(loaded["logits"], expected)
+    metrics = json.loads((output_dir / RUN_RECORD).read_text())["metrics"]
+    assert loaded["eval_results"] == sorted(
+        [("accuracy", metrics["eval_accuracy"]), ("top_5_accuracy", metrics["eval_top5_accuracy"])]
+    )
+    check_served_back(loaded, in_process_hub, "me/resnet8-kd", folder)
+
+
+def test_pushed_transformers_student_loads_back_from_the_hub_by_id(tmp_path, in_process_hub, monkeypatch):
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from hf_freqkd.push import push_run
+
+    config = ViTConfig(
+        image_size=8,
+        patch_size=4,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=10,
+    )
+    student = ViTForImageClassification(config).eval()
+    run_dir = tmp_path / "vit_kd"
+    record = {
+        "mode": "distill",
+        "config": {
+            "student_model": "tiny-vit",
+            "teacher_model": "resnet14",
+            "methods": {"kd": {}},
+            "dataset": "digits",
+        },
+        "training": {"max_steps": 2, "seed": 0},
+        "num_classes": 10,
+        "metrics": {"eval_accuracy": 0.25, "eval_top5_accuracy": 0.75},
+    }
+    export_student(student, run_dir / "student", record, model_name="vit_kd")
+    (run_dir / RUN_RECORD).write_text(json.dumps(record))
+    monkeypatch.setenv("HF_TOKEN", FAKE_ENV_TOKEN)
+    folder, _ = push_run(run_dir, "me/vit-kd")
+
+    images = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        expected = student(pixel_values=images).logits
+    loaded = load_back_from_hub(tmp_path, in_process_hub, "me/vit-kd", "transformers", images)
+
+    assert loaded["type"] == "ViTForImageClassification"
+    assert torch.equal(loaded["logits"], expected)
+    assert loaded["eval_results"] == [("accuracy", 0.25), ("top_5_accuracy", 0.75)]
+    check_served_back(loaded, in_process_hub, "me/vit-kd", folder)

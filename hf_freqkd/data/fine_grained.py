@@ -33,6 +33,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from .config_string import parse_int_options
+
 FINE_GRAINED_NAME = "fine_grained_synthetic"
 CLASSES_PER_GROUP = 8
 SHAPES = ("ellipse", "box", "diamond", "egg")
@@ -69,22 +71,8 @@ class FineGrainedConfig:
 
 def parse_fine_grained_config(text: str | None) -> FineGrainedConfig:
     """``"classes=32,image_size=24"`` -> :class:`FineGrainedConfig` (unset keys keep their defaults)."""
-    if text is None or not text.strip() or text.strip() == "default":
-        return FineGrainedConfig()
     names = [f.name for f in dataclasses.fields(FineGrainedConfig)]
-    values: dict[str, int] = {}
-    for part in text.split(","):
-        key, sep, raw = part.partition("=")
-        key = key.strip()
-        if not sep or key not in names:
-            raise ValueError(
-                f"fine_grained_synthetic: dataset_config_name part {part.strip()!r} is invalid: "
-                f"expected key=value with key one of {', '.join(names)}"
-            )
-        try:
-            values[key] = int(raw.strip())
-        except ValueError:
-            raise ValueError(f"fine_grained_synthetic: {key} = {raw.strip()!r} is invalid: expected an integer") from None
+    values = parse_int_options(text, "fine_grained_synthetic", names)
     return FineGrainedConfig(**values)
 
 

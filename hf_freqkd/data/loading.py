@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from .digits import DIGITS_NAME, load_digits_dataset
-from .seeding import ROW_INDEX_COLUMN, SeededAugmentation, with_row_index
 from .fine_grained import FINE_GRAINED_NAME, load_fine_grained_dataset, parse_fine_grained_config
+from .seeding import ROW_INDEX_COLUMN, SeededAugmentation, with_row_index
 from .shapes_segmentation import SHAPES_SEGMENTATION_NAME, load_shapes_segmentation, parse_shapes_config
 
 IMAGE_COLUMN_NAMES = ("image", "img", "jpg", "png", "picture")

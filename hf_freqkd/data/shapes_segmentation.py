@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .config_string import parse_int_options
+
 SHAPES_SEGMENTATION_NAME = "shapes_segmentation"
 SHAPE_KINDS = ("circle", "square", "triangle", "cross", "diamond")
 #: class id i + 1 is SHAPE_KINDS[i]; 0 is the background
@@ -73,21 +75,7 @@ SHAPES_CONFIG_KEYS = ("num_train", "num_test", "image_size", "num_classes", "see
 
 def parse_shapes_config(text: str | None) -> dict[str, int | bool]:
     """``"num_train=64,image_size=32"`` -> keyword arguments of :func:`load_shapes_segmentation`."""
-    if text is None or not text.strip() or text.strip() == "default":
-        return {}
-    values: dict[str, int | bool] = {}
-    for part in text.split(","):
-        key, sep, raw = part.partition("=")
-        key = key.strip()
-        if not sep or key not in SHAPES_CONFIG_KEYS:
-            raise ValueError(
-                f"{SHAPES_SEGMENTATION_NAME}: dataset_config_name part {part.strip()!r} is invalid: "
-                f"expected key=value with key one of {', '.join(SHAPES_CONFIG_KEYS)}"
-            )
-        try:
-            values[key] = int(raw.strip())
-        except ValueError:
-            raise ValueError(f"{SHAPES_SEGMENTATION_NAME}: {key} = {raw.strip()!r} is invalid: expected an integer") from None
+    values: dict[str, int | bool] = dict(parse_int_options(text, SHAPES_SEGMENTATION_NAME, SHAPES_CONFIG_KEYS))
     if "ignore_border" in values:
         values["ignore_border"] = bool(values["ignore_border"])
     return values

@@ -55,6 +55,7 @@ from .layers.frequency_prompts import (
 from .methods.freekd import FreeKD, FreeKDOptions, resolve_teacher_layers
 from .models.features import HIDDEN_STATES, BackboneInfo, default_feature_layers
 from .models.loading import is_transformers_model
+from .trainer import LossTermMeans, first_training_input
 
 logger = logging.getLogger(__name__)
 
@@ -264,23 +265,17 @@ class PromptFittingTrainer(Trainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._term_sums: dict[str, torch.Tensor] = {}
-        self._term_count = 0
+        self._term_means = LossTermMeans()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(pixel_values=inputs["pixel_values"], labels=inputs["labels"])
         if model.training:
-            for name in ("task_loss", "dissimilarity"):
-                value = getattr(outputs, name).float()
-                self._term_sums[name] = self._term_sums.get(name, torch.zeros((), device=value.device)) + value
-            self._term_count += 1
+            self._term_means.add({"task_loss": outputs.task_loss, "dissimilarity": outputs.dissimilarity})
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._term_count:
-            for name, total in self._term_sums.items():
-                logs[name] = round(float(self.accelerator.reduce(total / self._term_count, reduction="mean")), 6)
-            self._term_sums, self._term_count = {}, 0
+        if "loss" in logs:
+            logs.update(self._term_means.pop_means(self.accelerator))
         super().log(logs, start_time)
 
     def _remove_unused_columns(self, dataset, description: str | None = None):
@@ -324,13 +319,7 @@ def prompt_training_arguments(options: FreeKDOptions, base: TrainingArguments | 
 def _first_input(dataset) -> torch.Tensor:
     if dataset is None or len(dataset) == 0:
         raise ValueError("fit-prompts needs a non-empty training dataset")
-    row = dataset[0]
-    if "pixel_values" not in row:
-        raise ValueError(
-            f"training rows must hold 'pixel_values' (and 'labels'); got {', '.join(row)}. "
-            "Format the dataset with hf_freqkd.data.with_image_transform."
-        )
-    return torch.as_tensor(row["pixel_values"]).unsqueeze(0)
+    return first_training_input(dataset)
 
 
 def _task_losses(trainer: PromptFittingTrainer, dataset, batches: int) -> tuple[float, float, int]:

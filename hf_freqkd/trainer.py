@@ -132,8 +132,7 @@ class DistillationTrainer(Trainer):
         if seeding is not None:
             seeding.seed = args.data_seed if args.data_seed is not None else args.seed
             self.add_callback(AugmentationEpochCallback(seeding))
-        self._term_sums: dict[str, torch.Tensor] = {}
-        self._term_counts: dict[str, int] = {}
+        self._term_means = LossTermMeans()
         self._updates_per_epoch: int | None = None
         # Numerical guard (args.nonfinite_loss): the current micro-batch / optimizer update is skipped.
         self._skip_batch = False
@@ -215,13 +214,7 @@ class DistillationTrainer(Trainer):
     def _probe_input(student: nn.Module, train_dataset) -> torch.Tensor:
         """One real input (the first training row) or, without data, a zero image of the model's size."""
         if train_dataset is not None and hasattr(train_dataset, "__getitem__") and len(train_dataset) > 0:
-            row = train_dataset[0]
-            if "pixel_values" not in row:
-                raise ValueError(
-                    f"training rows must hold 'pixel_values' (and 'labels'); got {', '.join(row)}. "
-                    "Format the dataset with hf_freqkd.data.with_image_transform."
-                )
-            return torch.as_tensor(row["pixel_values"]).unsqueeze(0)
+            return first_training_input(train_dataset)
         return torch.zeros(1, *resolve_input_config(student)["input_size"])
 
     @staticmethod
@@ -305,7 +298,7 @@ class DistillationTrainer(Trainer):
                         buffer.copy_(saved)
                 loss = self._zero_loss(model)
                 return (loss, DistillerOutput(loss=loss, logits=outputs.logits)) if return_outputs else loss
-            self._record_terms(outputs.loss_terms)
+            self._term_means.add(outputs.loss_terms)
         else:
             outputs = model(pixel_values=pixel_values, labels=labels)
         loss = outputs.loss
@@ -359,19 +352,10 @@ class DistillationTrainer(Trainer):
                     parameter.grad = None
         return loss
 
-    def _record_terms(self, terms: dict[str, torch.Tensor]) -> None:
-        for name, value in terms.items():
-            value = value.detach().float()
-            self._term_sums[name] = self._term_sums.get(name, torch.zeros((), device=value.device)) + value
-            self._term_counts[name] = self._term_counts.get(name, 0) + 1
-
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Training logs (they carry "loss") also get the mean of each weighted term since the last log.
-        if "loss" in logs and self._term_sums:
-            for name, total in self._term_sums.items():
-                mean = self.accelerator.reduce(total / self._term_counts[name], reduction="mean")
-                logs[name] = round(float(mean), 6)
-            self._term_sums, self._term_counts = {}, {}
+        if "loss" in logs:
+            logs.update(self._term_means.pop_means(self.accelerator))
         if "loss" in logs and self.skipped_steps:
             logs["skipped_steps"] = self.skipped_steps
         super().log(logs, start_time)
@@ -503,6 +487,39 @@ def _checkpoint_save_error(error: OSError, folder: str, run_dir: str) -> OSError
         f"could not save checkpoint '{folder}': {error.strerror or error}; the partial checkpoint was removed and "
         f"{earlier}. Free disk space (or choose another output_dir) and resume with resume_from_checkpoint=true",
     )
+
+
+class LossTermMeans:
+    """Running sums of named loss terms between two training logs; their means, averaged over processes."""
+
+    def __init__(self):
+        self._sums: dict[str, torch.Tensor] = {}
+        self._counts: dict[str, int] = {}
+
+    def add(self, terms: dict[str, torch.Tensor]) -> None:
+        for name, value in terms.items():
+            value = value.detach().float()
+            self._sums[name] = self._sums.get(name, torch.zeros((), device=value.device)) + value
+            self._counts[name] = self._counts.get(name, 0) + 1
+
+    def pop_means(self, accelerator) -> dict[str, float]:
+        """The mean of each term since the last call (then reset), reduced over processes."""
+        means = {
+            name: round(float(accelerator.reduce(total / self._counts[name], reduction="mean")), 6) for name, total in self._sums.items()
+        }
+        self._sums, self._counts = {}, {}
+        return means
+
+
+def first_training_input(dataset) -> torch.Tensor:
+    """The first row's ``pixel_values`` as a batch of one; a ValueError if rows are not model inputs."""
+    row = dataset[0]
+    if "pixel_values" not in row:
+        raise ValueError(
+            f"training rows must hold 'pixel_values' (and 'labels'); got {', '.join(row)}. "
+            "Format the dataset with hf_freqkd.data.with_image_transform."
+        )
+    return torch.as_tensor(row["pixel_values"]).unsqueeze(0)
 
 
 def set_seed_for(args) -> None:

@@ -1,0 +1,158 @@
+"""The :class:`Task` interface and the registry of tasks (``task: <name>`` in a config)."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, DataError, MethodOptionsError, ModelError
+
+_TASKS: dict[str, "Task"] = {}
+
+
+@dataclass
+class TaskData:
+    """What a run needs to format and check one task's data (see :meth:`Task.data_functions`).
+
+    ``transform(dataset, image_column, label_column, input_config, training=, augmentation=)`` returns
+    the dataset yielding ``pixel_values`` and ``labels``; ``check_labels(dataset, label_column,
+    num_classes, split_name)`` raises a :class:`~hf_freqkd.errors.DataError` on a label out of range.
+    """
+
+    image_column: str
+    label_column: str
+    num_classes: int
+    transform: Callable[..., Any]
+    check_labels: Callable[..., None]
+
+
+class Task:
+    """One prediction task. Subclasses set the class attributes and implement the methods marked so."""
+
+    #: the config's ``task:`` value and the name methods list in their ``tasks``
+    name: ClassVar[str]
+    #: the Hub's pipeline tag, also the model-index task type of a model card
+    pipeline_tag: ClassVar[str]
+    #: how messages describe a model of this task ("an image classifier")
+    model_kind: ClassVar[str]
+    #: the first words of a model card's body ("Image classifier")
+    card_title: ClassVar[str]
+    #: Trainer evaluation keys (without ``eval_``) a model card reports -> (model-index type, readable name);
+    #: top-k accuracies are added by the classification task from the metrics present
+    card_metrics: ClassVar[dict[str, tuple[str, str]]] = {}
+    #: the rank of the labels of one training row: 0 for a class id, 2 for a (H, W) mask
+    label_dims: ClassVar[int]
+    #: what the rows must look like, for the message when they do not
+    label_hint: ClassVar[str]
+
+    # -- models ---------------------------------------------------------------------------------
+
+    def matches(self, model: nn.Module) -> bool:
+        """True if ``model`` solves this task (implemented by each task)."""
+        raise NotImplementedError
+
+    def check_models(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        """Student and teacher must solve the same task."""
+        if teacher is not None and not self.matches(teacher):
+            other = task_for_model(teacher)
+            raise ModelError(
+                f"the student {type(student).__name__} is {self.model_kind} but the teacher {type(teacher).__name__} "
+                f"is {other.model_kind}: both must solve the same task"
+            )
+
+    # -- methods --------------------------------------------------------------------------------
+
+    def applies(self, method_class: type) -> bool:
+        """True if the method works for this task (the method lists the task in its ``tasks``)."""
+        return self.name in getattr(method_class, "tasks", ("classification",))
+
+    def check_methods(self, methods) -> None:
+        """Refuse methods that do not apply to this task, naming the ones that do."""
+        unsupported = [method.name for method in methods if not self.applies(type(method))]
+        if unsupported:
+            from ..methods.registry import available_methods
+
+            supported = ", ".join(name for name, cls in available_methods().items() if self.applies(cls))
+            raise MethodOptionsError(
+                f"method(s) {', '.join(unsupported)} do not apply to {self.name} ({self.model_kind}); "
+                f"methods that do: {supported}"
+            )
+
+    # -- data -----------------------------------------------------------------------------------
+
+    def data_functions(self, train_data, data_args, num_classes: int | None = None) -> TaskData:
+        """Columns, class count, transform and label check for ``train_data`` (implemented by each task)."""
+        raise NotImplementedError
+
+    def check_training_rows(self, dataset) -> None:
+        """The first formatted training row must carry labels of this task's layout."""
+        if dataset is None or not hasattr(dataset, "__getitem__") or len(dataset) == 0:
+            return
+        labels = dataset[0].get("labels")
+        if labels is None:
+            return
+        dims = torch.as_tensor(labels).dim()
+        if dims != self.label_dims:
+            layout = "a (H, W) mask" if dims == 2 else ("a class id" if dims == 0 else f"{dims}-D labels")
+            raise DataError(f"the student is {self.model_kind} but the training rows hold {layout} as labels: {self.label_hint}")
+
+    @property
+    def data_collator(self) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+        """Batches rows of ``pixel_values`` and ``labels``; fixed-size tensors for both tasks here."""
+        from transformers.data.data_collator import default_data_collator
+
+        return default_data_collator
+
+    # -- training and evaluation ----------------------------------------------------------------
+
+    def eval_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The student's plain evaluation loss: cross-entropy in float32 (labels of -100 are ignored)."""
+        return nn.functional.cross_entropy(logits.float(), labels)
+
+    def compute_metrics(self, num_classes: int, args) -> Callable:
+        """The Trainer's ``compute_metrics`` for this task (implemented by each task)."""
+        raise NotImplementedError
+
+    #: the Trainer's ``preprocess_logits_for_metrics``, or None to keep the logits
+    preprocess_logits_for_metrics: ClassVar[Callable | None] = None
+
+    def card_metric_names(self, metrics: dict[str, Any]) -> dict[str, tuple[str, str]]:
+        """``eval_<key>`` -> (model-index metric type, readable name) for the metrics a card reports."""
+        return {f"eval_{key}": names for key, names in self.card_metrics.items()}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Class decorator: make the task available under ``cls.name`` (``task: <name>`` in configs)."""
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{cls.__qualname__} must set a class attribute `name` to register")
+    if name in _TASKS and type(_TASKS[name]) is not cls:
+        raise ValueError(f"a task named '{name}' is already registered ({type(_TASKS[name]).__qualname__})")
+    _TASKS[name] = cls()
+    return cls
+
+
+def available_tasks() -> dict[str, Task]:
+    """Registered tasks by name."""
+    return dict(_TASKS)
+
+
+def get_task(name: str) -> Task:
+    """The task registered as ``name``; a ConfigError with a suggestion when there is none."""
+    if name not in _TASKS:
+        close = difflib.get_close_matches(str(name), list(_TASKS), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"task = {name!r} is invalid{hint}: expected one of {', '.join(sorted(_TASKS))}")
+    return _TASKS[name]
+
+
+def task_for_model(model: nn.Module) -> Task:
+    """The task a network solves. Tasks are asked most specific first, classification last."""
+    for task in sorted(_TASKS.values(), key=lambda task: task.name == "classification"):
+        if task.matches(model):
+            return task
+    raise ModelError(f"{type(model).__name__} solves none of the tasks {', '.join(sorted(_TASKS))}")

@@ -5,13 +5,15 @@ a warm-up and interleaved so that machine noise hits every variant alike (median
 
 * limit: one student training step (forward, cross-entropy, backward, SGD step) plus one teacher
   no-grad forward - what any distillation step costs at least;
-* fam / fam_l2l: one full training step through the modules the trainer builds (the Distiller with
-  the method's stages, the frozen teacher with its feature hooks), same optimizer;
+* fam / fam_l2l: one full training step through the modules the trainer builds
+  (:func:`hf_freqkd.factory.build_distillation`: the Distiller with the method's stages, the frozen
+  teacher with its feature hooks), same optimizer;
 * fam reference: ``fam`` with ``reference_implementation: true`` (full complex fft2 + einsum and the
   unfold attention of the released code), for comparison with the released code's about 4.4x;
 
 and reports each as a multiple of the limit, from the medians and, as a check on machine noise
-(which only ever adds time), from the fastest runs. It then breaks one ``fam`` step down by part
+(which only ever adds time), from the fastest runs. Steps, optimiser and interleaving are those of
+``hf-freqkd benchmark speed`` (:mod:`hf_freqkd.speed`). It then breaks one ``fam`` step down by part
 (isolated forward + backward timings) and lists the operators that take the most time
 (torch.profiler). Prints Markdown and the command that produced it.
 
@@ -24,8 +26,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -35,7 +35,9 @@ import torch.nn.functional as F  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 import hf_freqkd  # noqa: E402,F401  registers the CIFAR zoo
-from hf_freqkd import DistillationConfig, DistillationTrainer  # noqa: E402
+from hf_freqkd.factory import build_distillation  # noqa: E402
+from hf_freqkd.models import FrozenTeacher  # noqa: E402
+from hf_freqkd.speed import distillation_step, limit_step, sgd, time_call, time_interleaved  # noqa: E402
 
 VARIANTS = {
     "fam": {"fam": {"weight": 1.0}},
@@ -44,46 +46,21 @@ VARIANTS = {
 }
 
 
-def sgd(parameters) -> torch.optim.Optimizer:
-    return torch.optim.SGD(parameters, lr=0.05, momentum=0.9, weight_decay=5e-4)
-
-
-def limit_step(student, teacher, optimizer, images, labels) -> None:
-    with torch.no_grad():
-        teacher(images)
-    loss = F.cross_entropy(student(images), labels)
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-
-
-def distill_step(distiller, teacher, optimizer, images, labels) -> None:
-    with torch.no_grad():
-        teacher_output = teacher(images)
-    output = distiller(pixel_values=images, labels=labels, teacher_logits=teacher_output.logits, teacher_features=teacher_output.features)
-    output.loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-
-
-def build_variant(student_name: str, teacher_name: str, methods: dict, workdir: str):
-    """The Distiller and frozen teacher exactly as DistillationTrainer builds them for training."""
+def build_variant(student_name: str, teacher_name: str, methods: dict, images: torch.Tensor):
+    """The parts DistillationTrainer trains (hf_freqkd.factory), on a fresh student and teacher."""
     torch.manual_seed(0)
     student = timm.create_model(student_name, num_classes=100)
     teacher = timm.create_model(teacher_name, num_classes=100)
-    args = DistillationConfig(output_dir=workdir, use_cpu=True, report_to="none", methods=methods)
-    trainer = DistillationTrainer(model=student, teacher=teacher, args=args)
-    distiller = trainer.model
-    distiller.train()
-    return distiller, trainer.teacher, sgd(distiller.parameters())
+    return build_distillation(student, teacher, methods, sample_input=images[:1])
 
 
 def median_ms(times: list[float]) -> float:
     return 1000 * statistics.median(times)
 
 
-def time_parts(distiller, teacher, images, labels, iterations: int) -> list[tuple[str, float]]:
+def time_parts(fam_parts, images, labels, iterations: int) -> list[tuple[str, float]]:
     """Forward + backward of each part of one ``fam`` step, timed in isolation (ms, median)."""
+    distiller, teacher = fam_parts.distiller, fam_parts.teacher
     method = distiller.methods["fam"]
     with torch.no_grad():
         teacher_output = teacher(images)
@@ -124,16 +101,7 @@ def time_parts(distiller, teacher, images, labels, iterations: int) -> list[tupl
         p.grad = torch.zeros_like(p)
     parts.append(("SGD step of the method's parameters", lambda: method_optimizer.step()))
 
-    results = []
-    for name, fn in parts:
-        for _ in range(2):
-            fn()
-        times = []
-        for _ in range(iterations):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        results.append((name, median_ms(times)))
+    results = [(name, 1000 * time_call(fn, iterations, warmup=2)) for name, fn in parts]
     distiller.zero_grad(set_to_none=True)
     return results
 
@@ -150,11 +118,11 @@ def _fwd_bwd(fn):
     return run
 
 
-def profile_ops(distiller, teacher, optimizer, images, labels, rows: int) -> list[tuple[str, float, float]]:
-    """Operators by self CPU time over 3 ``fam`` steps: (name, ms per step, % of the total)."""
+def profile_ops(step, rows: int) -> list[tuple[str, float, float]]:
+    """Operators by self CPU time over 3 calls of ``step`` (a ``fam`` step): (name, ms per step, % of the total)."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(3):
-            distill_step(distiller, teacher, optimizer, images, labels)
+            step()
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
     return [(e.key, e.self_cpu_time_total / 3000, 100 * e.self_cpu_time_total / total) for e in events[:rows]]
@@ -181,35 +149,22 @@ def main() -> None:
         torch.manual_seed(0)
         images = torch.randn(args.batch_size, 3, 32, 32)
         labels = torch.randint(0, 100, (args.batch_size,))
-        with tempfile.TemporaryDirectory() as workdir:
-            student = timm.create_model(student_name, num_classes=100).train()
-            teacher = timm.create_model(teacher_name, num_classes=100).eval().requires_grad_(False)
-            steps = {"limit": (lambda s=student, t=teacher, o=sgd(student.parameters()): limit_step(s, t, o, images, labels))}
-            built = {}
-            for variant, methods in VARIANTS.items():
-                distiller, frozen, optimizer = build_variant(student_name, teacher_name, methods, workdir)
-                built[variant] = (distiller, frozen, optimizer)
-                steps[variant] = lambda d=distiller, f=frozen, o=optimizer: distill_step(d, f, o, images, labels)
-            torch.set_num_threads(args.threads)
-            for _ in range(args.warmup):
-                for step in steps.values():
-                    step()
-            times = {name: [] for name in steps}
-            for _ in range(args.iterations):
-                for name, step in steps.items():
-                    start = time.perf_counter()
-                    step()
-                    times[name].append(time.perf_counter() - start)
-            limit, limit_best = median_ms(times["limit"]), 1000 * min(times["limit"])
-            extra = {v: sum(p.numel() for p in built[v][0].methods.parameters()) for v in VARIANTS}
-            for name in steps:
-                summary.append((f"{teacher_name} -> {student_name}", name, median_ms(times[name]), median_ms(times[name]) / limit,
-                                1000 * min(times[name]) / limit_best, extra.get(name)))
-            if not args.no_breakdown:
-                distiller, frozen, optimizer = built["fam"]
-                parts = time_parts(distiller, frozen, images, labels, args.iterations)
-                ops = profile_ops(distiller, frozen, optimizer, images, labels, args.profile_rows)
-                breakdowns.append((f"{teacher_name} -> {student_name}", median_ms(times["fam"]), parts, ops))
+        student = timm.create_model(student_name, num_classes=100)
+        teacher = FrozenTeacher(timm.create_model(teacher_name, num_classes=100))
+        steps = {"limit": limit_step(student, teacher, images, labels)}
+        built = {variant: build_variant(student_name, teacher_name, methods, images) for variant, methods in VARIANTS.items()}
+        steps.update({variant: distillation_step(parts, images, labels) for variant, parts in built.items()})
+        torch.set_num_threads(args.threads)
+        times = time_interleaved(steps, args.iterations, args.warmup)
+        limit, limit_best = median_ms(times["limit"]), 1000 * min(times["limit"])
+        extra = {v: sum(p.numel() for p in parts.distiller.methods.parameters()) for v, parts in built.items()}
+        for name in steps:
+            summary.append((f"{teacher_name} -> {student_name}", name, median_ms(times[name]), median_ms(times[name]) / limit,
+                            1000 * min(times[name]) / limit_best, extra.get(name)))
+        if not args.no_breakdown:
+            parts = time_parts(built["fam"], images, labels, args.iterations)
+            ops = profile_ops(steps["fam"], args.profile_rows)
+            breakdowns.append((f"{teacher_name} -> {student_name}", median_ms(times["fam"]), parts, ops))
 
     print("| pair | step | ms (median) | x limit (medians) | x limit (fastest runs) | method parameters |")
     print("|---|---|---:|---:|---:|---:|")

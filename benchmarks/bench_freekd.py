@@ -23,7 +23,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 import types
 
 import timm
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 import hf_freqkd  # noqa: F401  registers the CIFAR zoo
 from hf_freqkd.frequency import wavelet_decompose
 from hf_freqkd.layers.frequency_prompts import band_masks, masked_band_l1, save_prompts
-from hf_freqkd.speed import time_step
+from hf_freqkd.speed import time_interleaved, time_step
 
 
 def import_pytorch_wavelets():
@@ -110,8 +109,8 @@ def ours_on_pytorch_wavelets(dwt, student_map, teacher_map, prompts):
 
 
 def band_loss_timings(shapes: list[tuple[int, int, int, int]], num_prompts: int, iterations: int, warmup: int = 3) -> list[str]:
-    """Median ms of each implementation, measured alternately so that load from other processes
-    hits all of them alike."""
+    """Median ms of each implementation, measured alternately (:func:`hf_freqkd.speed.time_interleaved`)
+    so that load from other processes hits all of them alike."""
     DWTForward = import_pytorch_wavelets()
     names = [
         "ours (default: matrix backend at these sizes)",
@@ -137,14 +136,11 @@ def band_loss_timings(shapes: list[tuple[int, int, int, int]], num_prompts: int,
         reference = losses[names[0]]()
         for loss in losses.values():  # the same quantity, every way
             torch.testing.assert_close(loss(), reference, rtol=1e-4, atol=1e-6)
-        times: dict[str, list[float]] = {name: [] for name in losses}
-        for i in range(warmup + iterations):
-            for name, loss in losses.items():
-                student_map.grad = None
-                start = time.perf_counter()
-                loss().backward()
-                if i >= warmup:
-                    times[name].append(time.perf_counter() - start)
+        def backward(loss):
+            student_map.grad = None
+            loss().backward()
+
+        times = time_interleaved({name: lambda loss=loss: backward(loss) for name, loss in losses.items()}, iterations, warmup)
         for name in names:
             cells[name].append(f"{1e3 * statistics.median(times[name]):.1f}" if name in times else "n/a")
     return lines + [f"| {name} | " + " | ".join(cells[name]) + " |" for name in names]

@@ -17,8 +17,9 @@ import timm
 import torch
 
 import hf_freqkd  # noqa: F401  registers the CIFAR zoo
-from hf_freqkd.methods import ModelOutputs, build_methods
+from hf_freqkd.methods import build_methods
 from hf_freqkd.speed import time_call, time_step
+from hf_freqkd.types import LogitsAndFeatures
 
 LOSSES = {
     "kd": {"kd": {}},
@@ -40,11 +41,11 @@ def loss_timings(classes: list[int], batches: list[int], iterations: int) -> lis
             method.build({}, {}, num_classes)
             for batch in batches:
                 student = torch.randn(batch, num_classes, requires_grad=True)
-                teacher = ModelOutputs(torch.randn(batch, num_classes))
+                teacher = LogitsAndFeatures(torch.randn(batch, num_classes))
                 labels = torch.randint(0, num_classes, (batch,))
 
                 def step():
-                    sum(method(ModelOutputs(student), teacher, labels).values()).backward()
+                    sum(method(LogitsAndFeatures(student), teacher, labels).values()).backward()
 
                 cells.append(f"{1e3 * time_call(step, iterations):.3f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")

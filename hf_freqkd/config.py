@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +17,12 @@ from typing import Any, Optional, Union
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from .coercion import coerce
+from .errors import BadInputError, ConfigError, MissingPathError
 from .methods.registry import build_methods, normalize_method_specs
+from .tasks import available_tasks
+
+logger = logging.getLogger(__name__)
 
 
 NONFINITE_LOSS_POLICIES = ("stop", "skip")
@@ -96,29 +101,59 @@ class DistillationConfig(TrainingArguments):
         build_methods(self.methods)
         self.teacher_model_kwargs = _yaml_if_string(self.teacher_model_kwargs, "teacher_model_kwargs") or {}
         if self.distill_warmup_steps < 0:
-            raise ValueError(f"distill_warmup_steps = {self.distill_warmup_steps} is invalid: expected an integer >= 0")
+            raise ConfigError(f"distill_warmup_steps = {self.distill_warmup_steps} is invalid: expected an integer >= 0")
         if self.distill_warmup_epochs < 0 or not math.isfinite(self.distill_warmup_epochs):
-            raise ValueError(f"distill_warmup_epochs = {self.distill_warmup_epochs} is invalid: expected a number >= 0")
+            raise ConfigError(f"distill_warmup_epochs = {self.distill_warmup_epochs} is invalid: expected a number >= 0")
         if self.distill_warmup_steps and self.distill_warmup_epochs:
-            raise ValueError("set distill_warmup_steps or distill_warmup_epochs, not both")
+            raise ConfigError("set distill_warmup_steps or distill_warmup_epochs, not both")
         self.lr_decay_epochs = _yaml_if_string(self.lr_decay_epochs, "lr_decay_epochs")
         if self.lr_decay_epochs is not None:
-            epochs = self.lr_decay_epochs if isinstance(self.lr_decay_epochs, list) else [self.lr_decay_epochs]
-            if not all(isinstance(e, (int, float)) and not isinstance(e, bool) and e > 0 for e in epochs) or epochs != sorted(epochs):
-                raise ValueError(f"lr_decay_epochs = {self.lr_decay_epochs!r} is invalid: expected increasing epochs > 0")
-            self.lr_decay_epochs = [float(e) for e in epochs]
+            try:
+                epochs = coerce(self.lr_decay_epochs if isinstance(self.lr_decay_epochs, list) else [self.lr_decay_epochs], list[float])
+            except TypeError:
+                epochs = []
+            if not epochs or not all(e > 0 for e in epochs) or epochs != sorted(epochs):
+                raise ConfigError(f"lr_decay_epochs = {self.lr_decay_epochs!r} is invalid: expected increasing epochs > 0")
+            self.lr_decay_epochs = epochs
         if not 0 < self.lr_decay_rate <= 1:
-            raise ValueError(f"lr_decay_rate = {self.lr_decay_rate} is invalid: expected a number in (0, 1]")
+            raise ConfigError(f"lr_decay_rate = {self.lr_decay_rate} is invalid: expected a number in (0, 1]")
         if self.eval_top_k < 1:
-            raise ValueError(f"eval_top_k = {self.eval_top_k} is invalid: expected an integer >= 1")
+            raise ConfigError(f"eval_top_k = {self.eval_top_k} is invalid: expected an integer >= 1")
         if self.nonfinite_loss not in NONFINITE_LOSS_POLICIES:
-            raise ValueError(f"nonfinite_loss = {self.nonfinite_loss!r} is invalid: expected 'stop' or 'skip'")
+            raise ConfigError(f"nonfinite_loss = {self.nonfinite_loss!r} is invalid: expected 'stop' or 'skip'")
         # TrainingArguments accepts these and then trains backwards or not at all.
         if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
-            raise ValueError(f"learning_rate = {self.learning_rate} is invalid: expected a finite number >= 0")
+            raise ConfigError(f"learning_rate = {self.learning_rate} is invalid: expected a finite number >= 0")
         if self.max_steps <= 0 and not (math.isfinite(self.num_train_epochs) and self.num_train_epochs > 0):
-            raise ValueError(f"num_train_epochs = {self.num_train_epochs} is invalid: expected a number > 0 (or set max_steps)")
+            raise ConfigError(f"num_train_epochs = {self.num_train_epochs} is invalid: expected a number > 0 (or set max_steps)")
+        self._bf16_on_cpu_when_no_accelerator()
         super().__post_init__()
+
+    def _bf16_on_cpu_when_no_accelerator(self) -> None:
+        """``bf16: true`` on a machine without an accelerator trains on the CPU in bf16 (``use_cpu``).
+
+        TrainingArguments refuses bf16 without ``use_cpu`` unless a bf16-capable accelerator is
+        present; on a machine with no accelerator at all, the CPU is the only place to train, so
+        ``use_cpu`` is implied. An accelerator without bf16 (a pre-Ampere GPU) is refused here with
+        the two ways out, rather than silently moving the run off the GPU.
+        """
+        if not (self.bf16 or self.bf16_full_eval) or self.use_cpu:
+            return
+        import torch
+        from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+
+        if is_torch_bf16_gpu_available() or is_torch_xla_available():
+            return
+        accelerator = getattr(torch, "accelerator", None)
+        has_accelerator = accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+        if has_accelerator:
+            device = accelerator.current_accelerator() if accelerator is not None else "cuda"
+            raise ConfigError(
+                f"bf16 = true but this machine's accelerator ({device}) does not support bf16: "
+                "set fp16=true to train on it in half precision, or use_cpu=true to train on the CPU in bf16"
+            )
+        logger.warning("bf16 = true and no GPU or other accelerator is present: training on the CPU in bf16 (use_cpu)")
+        self.use_cpu = True
 
     @property
     def needs_teacher(self) -> bool:
@@ -144,10 +179,10 @@ class ModelArguments:
     def __post_init__(self) -> None:
         self.student_model_kwargs = _yaml_if_string(self.student_model_kwargs, "student_model_kwargs") or {}
         if self.num_classes is not None and self.num_classes < 1:
-            raise ValueError(f"num_classes = {self.num_classes} is invalid: expected an integer >= 1")
+            raise ConfigError(f"num_classes = {self.num_classes} is invalid: expected an integer >= 1")
 
 
-TASKS = ("classification", "segmentation")
+TASKS = available_tasks()  # a live view: a task a user's script registers is valid too
 
 
 @dataclass
@@ -194,21 +229,21 @@ class DataArguments:
         from .data.loading import AUGMENTATIONS
 
         if self.augmentation not in AUGMENTATIONS:
-            raise ValueError(f"augmentation = {self.augmentation!r} is invalid: expected one of {', '.join(AUGMENTATIONS)}")
+            raise ConfigError(f"augmentation = {self.augmentation!r} is invalid: expected one of {', '.join(AUGMENTATIONS)}")
         if self.validation_fraction is not None and not 0 < self.validation_fraction < 1:
-            raise ValueError(f"validation_fraction = {self.validation_fraction} is invalid: expected a number in (0, 1)")
+            raise ConfigError(f"validation_fraction = {self.validation_fraction} is invalid: expected a number in (0, 1)")
         for name in ("image_size", "max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"{name} = {value} is invalid: expected an integer >= 1")
+                raise ConfigError(f"{name} = {value} is invalid: expected an integer >= 1")
         if self.task not in TASKS:
-            raise ValueError(f"task = {self.task!r} is invalid: expected one of {', '.join(TASKS)}")
+            raise ConfigError(f"task = {self.task!r} is invalid: expected one of {', '.join(TASKS)}")
         if self.task == "segmentation" and self.label_column is not None:
-            raise ValueError(f"label_column = {self.label_column!r} is set with task: segmentation; name the mask column with mask_column")
+            raise ConfigError(f"label_column = {self.label_column!r} is set with task: segmentation; name the mask column with mask_column")
         if self.task == "classification" and (self.mask_column is not None or self.reduce_labels):
-            raise ValueError("mask_column and reduce_labels apply to task: segmentation; set task: segmentation or remove them")
+            raise ConfigError("mask_column and reduce_labels apply to task: segmentation; set task: segmentation or remove them")
         if self.ignore_index < 0:
-            raise ValueError(f"ignore_index = {self.ignore_index} is invalid: expected a mask value >= 0 (255 in most datasets)")
+            raise ConfigError(f"ignore_index = {self.ignore_index} is invalid: expected a mask value >= 0 (255 in most datasets)")
 
 
 CONFIG_CLASSES = (DistillationConfig, ModelArguments, DataArguments)
@@ -246,7 +281,7 @@ def _yaml_if_string(value: Any, name: str) -> Any:
         try:
             return load_yaml(value)
         except yaml.YAMLError as error:
-            raise ValueError(f"{name} = {value!r} is not valid YAML at {yaml_error_summary(error)}") from None
+            raise ConfigError(f"{name} = {value!r} is not valid YAML at {yaml_error_summary(error)}") from None
     return value
 
 
@@ -257,15 +292,15 @@ def _yaml_if_string(value: Any, name: str) -> Any:
 def read_yaml_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file '{path}' does not exist")
+        raise MissingPathError(f"config file '{path}' does not exist")
     try:
         values = load_yaml(path.read_text())
     except yaml.YAMLError as error:
-        raise ValueError(f"config file '{path}' is not valid YAML at {yaml_error_summary(error)}; fix the file") from None
+        raise ConfigError(f"config file '{path}' is not valid YAML at {yaml_error_summary(error)}; fix the file") from None
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise ValueError(f"config file '{path}' must hold a mapping of key: value, not {type(values).__name__}")
+        raise ConfigError(f"config file '{path}' must hold a mapping of key: value, not {type(values).__name__}")
     return values
 
 
@@ -276,11 +311,11 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
         key, sep, raw = override.partition("=")
         key = key.strip().lstrip("-")
         if not sep or not key:
-            raise ValueError(f"override '{override}' is invalid: expected key=value, e.g. learning_rate=0.05")
+            raise ConfigError(f"override '{override}' is invalid: expected key=value, e.g. learning_rate=0.05")
         try:
             value = load_yaml(raw)
         except yaml.YAMLError as error:
-            raise ValueError(
+            raise ConfigError(
                 f"override '{override}': value is not valid YAML at {yaml_error_summary(error)}; quote it or fix the brackets"
             ) from None
         *parents, leaf = key.split(".")
@@ -316,7 +351,7 @@ def check_config_keys(values: dict[str, Any]) -> dict[str, Any]:
         for key in unknown:
             close = difflib.get_close_matches(key, list(field_types), n=3, cutoff=0.6)
             messages.append(f"'{key}'" + (f" (did you mean {', '.join(close)}?)" if close else ""))
-        raise ValueError(
+        raise ConfigError(
             f"unknown config key {', '.join(messages)}; valid keys are hf_freqkd's "
             f"{', '.join(sorted(own))} and any transformers TrainingArguments field"
         )
@@ -326,40 +361,25 @@ def check_config_keys(values: dict[str, Any]) -> dict[str, Any]:
             # true = the newest checkpoint in output_dir (Trainer.train's convention); false = none.
             checked[key] = "true" if value else None
             continue
+        if key in _PARSED_BY_THEIR_DATACLASS:
+            checked[key] = value
+            continue
         checked[key] = _check_value(key, value, field_types[key])
     return checked
 
 
 _TRAINING_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
+#: Keys whose value may be YAML text or a structure, parsed and checked by their dataclass's
+#: __post_init__ with a message naming what they hold (methods: a mapping, list or "ce, kd" string).
+_PARSED_BY_THEIR_DATACLASS = {"methods", "teacher_model_kwargs", "student_model_kwargs", "lr_decay_epochs"}
 
 
 def _check_value(key: str, value: Any, annotation: Any) -> Any:
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        simple = [a for a in args if a is not type(None)]
-        if len(simple) == 1:
-            return _check_value(key, value, simple[0])
-        return value
-    if annotation is float:
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"config key '{key}' = {value!r} is invalid: expected a number")
-        return float(value)
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"config key '{key}' = {value!r} is invalid: expected an integer")
-    if annotation is bool and not isinstance(value, bool):
-        raise ValueError(f"config key '{key}' = {value!r} is invalid: expected true or false")
-    if annotation is str and not isinstance(value, str):
-        raise ValueError(f"config key '{key}' = {value!r} is invalid: expected a string")
-    return value
+    """``value`` in the field's type, by the rule method options follow too (:func:`hf_freqkd.coercion.coerce`)."""
+    try:
+        return coerce(value, annotation)
+    except TypeError as error:
+        raise ConfigError(f"config key '{key}' = {value!r} is invalid: {error}") from None
 
 
 def parse_config(
@@ -371,9 +391,16 @@ def parse_config(
         values.update(read_yaml_config(config_path))
     values = check_config_keys(apply_overrides(values, list(overrides or [])))
     if not values.get("output_dir"):
-        raise ValueError("output_dir is not set: add output_dir: <folder> to the config or output_dir=<folder> on the command line")
+        raise ConfigError("output_dir is not set: add output_dir: <folder> to the config or output_dir=<folder> on the command line")
     parser = HfArgumentParser(CONFIG_CLASSES)
-    return parser.parse_dict(values, allow_extra_keys=False)
+    try:
+        return parser.parse_dict(values, allow_extra_keys=False)
+    except BadInputError:
+        raise
+    except ValueError as error:
+        # TrainingArguments' own checks of the user's values (save/eval steps, fp16 with bf16, ...);
+        # its messages can span lines, and the command line prints errors as one.
+        raise ConfigError(" ".join(str(error).split())) from None
 
 
 def config_to_dict(*configs: Any) -> dict[str, Any]:

@@ -15,8 +15,11 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .methods.base import DistillationMethod, ModelOutputs
+from .errors import MethodOptionsError
+from .methods.base import DistillationMethod
 from .models.features import FeatureExtractor
+from .tasks import Task
+from .types import LogitsAndFeatures
 
 
 @dataclass
@@ -29,12 +32,19 @@ class DistillerOutput(ModelOutput):
 
 
 class Distiller(nn.Module):
-    """Student + methods. ``forward`` returns the weighted training loss, or plain CE at evaluation."""
+    """Student + methods. ``forward`` returns the weighted training loss, or the task's plain
+    evaluation loss (cross-entropy) at evaluation.
 
-    def __init__(self, student: FeatureExtractor, methods: list[DistillationMethod]):
+    Built by :func:`hf_freqkd.factory.build_distillation`, after the probe pass that gives the
+    methods the shapes of their features.
+    """
+
+    def __init__(self, student: FeatureExtractor, methods: list[DistillationMethod], task: Task):
         super().__init__()
         self.student = student
         self.methods = nn.ModuleDict({method.name: method for method in methods})
+        #: what evaluation reports as the loss (``task.eval_loss``); not a module, holds no weights
+        self.task = task
 
     def forward(
         self,
@@ -48,16 +58,16 @@ class Distiller(nn.Module):
         if labels is None:
             return DistillerOutput(logits=student.logits)
         if teacher_logits is None and not self.training:
-            # Evaluation reports the student's plain cross-entropy, not the mixed training loss.
-            loss = nn.functional.cross_entropy(student.logits.float(), labels)
+            # Evaluation reports the student's plain task loss, not the mixed training loss.
+            loss = self.task.eval_loss(student.logits, labels)
             return DistillerOutput(loss=loss, logits=student.logits)
-        teacher = None if teacher_logits is None else ModelOutputs(teacher_logits, teacher_features or {})
+        teacher = None if teacher_logits is None else LogitsAndFeatures(teacher_logits, teacher_features or {})
         terms: dict[str, torch.Tensor] = {}
         for method in self.methods.values():
             scale = method.weight * (warmup_factor if method.warms_up else 1.0)
             for name, value in method(student, teacher, labels).items():
                 if name in terms:
-                    raise ValueError(f"two methods return a loss term named '{name}'")
+                    raise MethodOptionsError(f"two methods return a loss term named '{name}': rename one method's term")
                 terms[name] = value * scale
         loss = torch.stack([value.float() for value in terms.values()]).sum()
         return DistillerOutput(loss=loss, logits=student.logits, loss_terms=terms)

@@ -1,10 +1,15 @@
 """Export the student alone, in its own library's format, so users load it without hf_freqkd's trainer.
 
 timm students: ``timm.models.save_for_hf`` (config.json + model.safetensors), loadable with
-``timm.create_model("local-dir:PATH", pretrained=True)`` (CIFAR-zoo students once ``hf_freqkd`` is
-imported). transformers students: ``save_pretrained``, loadable with
+``timm.create_model("local-dir:PATH", pretrained=True)`` and, for classifiers, with transformers'
+``AutoModelForImageClassification.from_pretrained(PATH)`` (its TimmWrapper classes, which build the
+architecture with timm): CIFAR-zoo students either way once ``hf_freqkd`` is imported, since it
+registers them in timm. transformers students: ``save_pretrained``, loadable with
 ``AutoModelForImageClassification.from_pretrained(PATH)``. Teacher and method modules are never
 part of an export. With a run record, the folder also gets its model card (README.md).
+
+An export is written to be published: it holds no local filesystem path (see
+:mod:`hf_freqkd.model_card`); the run record stays in the run folder and is not copied.
 
 ``export_run`` does the same after the fact, from a run's output folder: from the student the run
 exported, or from a Trainer checkpoint (a Distiller state dict: ``student.model.*`` keys are the
@@ -22,10 +27,10 @@ from typing import Any
 
 from torch import nn
 
+from .errors import ConfigError, MissingPathError, ModelError
 from .models.loading import is_transformers_model
 
-RUN_RECORD = "hf_freqkd_run.json"
-STUDENT_EXPORT_DIR = "student"
+from .output_dir import RUN_RECORD, STUDENT_EXPORT_DIR  # noqa: F401  (re-exported)
 
 
 def library_name(model: nn.Module) -> str:
@@ -46,7 +51,7 @@ def export_student(
     """
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"export folder '{output_dir}' exists and is not a folder")
+        raise ConfigError(f"export folder '{output_dir}' exists and is not a folder")
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
@@ -58,10 +63,11 @@ def export_student(
             save_for_hf(
                 student,
                 str(staging),
-                model_args=dict(getattr(student, "hf_freqkd_model_args", {}) or {}),
+                model_args=_architecture_args(getattr(student, "hf_freqkd_model_args", None)),
                 data_config=_data_config(record),
                 safe_serialization=True,
             )
+            _make_loadable_by_transformers(staging / "config.json")
         if record is not None:
             from .model_card import write_model_card
 
@@ -72,6 +78,39 @@ def export_student(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return output_dir
+
+
+#: timm.create_model arguments that say where weights and configs are loaded from, not what the
+#: architecture is: an export has its own weights, and these may name local files.
+_LOADING_ARGS = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir")
+
+
+def _architecture_args(model_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """The keyword arguments the student was created with that rebuild its architecture (timm's model_args)."""
+    return {key: value for key, value in (model_kwargs or {}).items() if key not in _LOADING_ARGS}
+
+
+def _make_loadable_by_transformers(config_file: Path) -> None:
+    """Leave the class count to the root ``num_classes`` alone, where both loaders read it.
+
+    timm records ``num_classes`` in ``model_args`` too; transformers' TimmWrapper passes its own
+    ``num_classes=num_labels`` next to ``**model_args`` and fails with "got multiple values for
+    keyword argument 'num_classes'". timm takes the count from the root key without it.
+    """
+    config = json.loads(config_file.read_text())
+    model_args = config.get("model_args") or {}
+    if "num_classes" not in model_args:
+        return
+    if model_args["num_classes"] != config.get("num_classes"):
+        raise ModelError(
+            f"the student's model_args say {model_args['num_classes']} classes but its config {config.get('num_classes')}"
+        )
+    del model_args["num_classes"]
+    if model_args:
+        config["model_args"] = model_args
+    else:
+        config.pop("model_args")
+    config_file.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def _data_config(record: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -92,7 +131,7 @@ def read_run_record(run_dir: str | Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"run record '{path}' is not valid JSON: {error}") from None
+        raise ConfigError(f"run record '{path}' is not valid JSON: {error}") from None
 
 
 def export_run(run_dir: str | Path, checkpoint: str | None = None, to: str | Path | None = None) -> Path:
@@ -108,7 +147,7 @@ def export_run(run_dir: str | Path, checkpoint: str | None = None, to: str | Pat
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"run folder '{run_dir}' does not exist")
+        raise MissingPathError(f"run folder '{run_dir}' does not exist")
     record = read_run_record(run_dir)
     checkpoints = sorted((p.name for p in run_dir.glob("checkpoint-*") if p.is_dir()), key=_checkpoint_step)
     if checkpoint is None:
@@ -119,7 +158,7 @@ def export_run(run_dir: str | Path, checkpoint: str | None = None, to: str | Pat
                 if checkpoints
                 else "; is it an hf_freqkd output_dir?"
             )
-            raise ValueError(
+            raise MissingPathError(
                 f"run folder '{run_dir}' holds no exported student ({source}/config.json is missing){hint}"
             )
         student = load_model(str(source))
@@ -132,9 +171,9 @@ def export_run(run_dir: str | Path, checkpoint: str | None = None, to: str | Pat
                 if checkpoints
                 else f"; '{run_dir}' holds no checkpoints"
             )
-            raise FileNotFoundError(f"checkpoint '{checkpoint}' does not exist{available}")
+            raise MissingPathError(f"checkpoint '{checkpoint}' does not exist{available}")
         if record is None or not record.get("config", {}).get("student_model"):
-            raise ValueError(
+            raise ModelError(
                 f"run folder '{run_dir}' has no {RUN_RECORD} naming the student, so the architecture of "
                 f"'{folder.name}' is unknown; checkpoints can only be exported from a run started by hf_freqkd"
             )
@@ -150,7 +189,7 @@ def export_run(run_dir: str | Path, checkpoint: str | None = None, to: str | Pat
         record = {**record, "metrics": _checkpoint_metrics(folder), "checkpoint": folder.name}
         destination = Path(to) if to is not None else run_dir / f"{STUDENT_EXPORT_DIR}-{folder.name}"
     if destination.exists() and any(destination.iterdir()) and not (destination / "config.json").is_file():
-        raise ValueError(
+        raise ConfigError(
             f"export folder '{destination}' already holds files that are not an exported model; "
             "choose a new or empty folder"
         )

@@ -4,12 +4,20 @@ The metadata block is ``huggingface_hub.ModelCardData``: ``library_name`` (timm 
 tags, ``base_model`` (the teacher, when it is a Hub id), datasets, and the final evaluation as
 ``model-index`` eval results, which ``ModelCard.load(path).data.eval_results`` reads back. The
 body states the teacher, the methods with every option (defaults filled in), the dataset and the
-training recipe. Only whitelisted, non-secret fields of the run reach the card: never a token.
+training recipe. What differs between tasks (pipeline tag, title, metric names, how to load the
+model) is asked of the run's task (:mod:`hf_freqkd.tasks`).
+
+A card is written to be published, so it holds no secret and no local filesystem path: only
+whitelisted fields of the run reach it (never a token); a model given as a local folder is named
+by its architecture (read from the folder's ``config.json``), and only a Hub id becomes
+``base_model``; a dataset given as a local folder or file is named by its last path component;
+a generated set (``digits``, ...) is never a Hub dataset id.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -17,17 +25,8 @@ from typing import Any
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-# hf_freqkd's task (DataArguments.task) -> the Hub's pipeline tag and model-index task type.
-PIPELINE_TAGS = {"classification": "image-classification", "segmentation": "image-segmentation"}
-
-# Evaluation metrics reported by the Trainer (eval_ prefix) -> (model-index metric type, readable name).
-_METRICS = {
-    "eval_accuracy": ("accuracy", "Top-1 accuracy"),
-    "eval_mean_iou": ("mean_iou", "Mean IoU"),
-    "eval_pixel_accuracy": ("pixel_accuracy", "Pixel accuracy"),
-    "eval_mean_accuracy": ("mean_accuracy", "Mean class accuracy"),
-}
-
+from .errors import ConfigError
+from .tasks import get_task
 
 def hub_model_id(source: str | None) -> str | None:
     """The Hub id of a model source (``hf-hub:ORG/NAME`` or ``ORG/NAME``), or None for names, folders, files."""
@@ -42,10 +41,68 @@ def hub_model_id(source: str | None) -> str | None:
     return source
 
 
-def _hub_dataset_id(dataset: str | None) -> str | None:
-    if not dataset or dataset == "digits" or os.path.exists(dataset) or dataset.endswith(".parquet"):
+#: how a card names a local model whose architecture cannot be read
+UNKNOWN_LOCAL_MODEL = "a local model"
+
+
+def _is_local_path(source: str) -> bool:
+    """True for a file or folder on this machine, or a string only a path can be (``./x``, ``a/b/c``)."""
+    return os.path.exists(os.path.expanduser(source)) or source.startswith((".", "/", "~")) or source.count("/") > 1
+
+
+def public_model_name(source: str | None) -> str | None:
+    """How a card names a model: a Hub id or timm name as given; a local folder by its architecture.
+
+    The architecture of a local folder is read from its ``config.json`` (timm's ``architecture``,
+    transformers' ``architectures`` or ``model_type``); "a local model" when it cannot be read.
+    """
+    if not source:
         return None
-    return dataset if dataset.count("/") <= 1 else None
+    location = source.split(":", 1)[1] if source.startswith(("timm:", "transformers:")) else source
+    if location.startswith("hf-hub:") or not _is_local_path(location):
+        return source
+    config_file = Path(location).expanduser() / "config.json"
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return UNKNOWN_LOCAL_MODEL
+    architectures = config.get("architectures") or []
+    name = config.get("architecture") or (architectures[0] if architectures else None) or config.get("model_type")
+    return str(name) if name else UNKNOWN_LOCAL_MODEL
+
+
+def _quoted(name: str | None) -> str:
+    """A model or dataset name as code, a description ("a local model") as words."""
+    if not name:
+        return "an unnamed model"  # a record written by hand without the model's name
+    return name if name.startswith(("a ", "an ")) else f"`{name}`"
+
+
+@dataclasses.dataclass
+class _DatasetNames:
+    """How a card names a dataset: ``name`` in the text and the eval results, ``hub_id`` for metadata."""
+
+    name: str
+    hub_id: str | None
+    description: str | None  # what the set is, when it is not a Hub dataset
+
+
+def _dataset_names(dataset: str | None, config_name: str | None = None) -> _DatasetNames:
+    from .data.loading import GENERATED_DATASETS
+
+    if not dataset:
+        return _DatasetNames("unknown", None, None)
+    if dataset in GENERATED_DATASETS:
+        arguments = f'"{dataset}"' + (f', "{config_name}"' if config_name else "")
+        return _DatasetNames(
+            dataset,
+            None,
+            f"a set hf_freqkd generates offline, not a Hub dataset: `hf_freqkd.data.load_image_dataset({arguments})`",
+        )
+    if _is_local_path(dataset) or dataset.endswith(".parquet"):
+        kind = "a local .parquet file" if dataset.endswith(".parquet") else "a local image folder"
+        return _DatasetNames(Path(dataset).name or kind, None, kind)
+    return _DatasetNames(dataset, dataset, None)
 
 
 def _resolved_methods(methods: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -59,20 +116,15 @@ def _resolved_methods(methods: dict[str, dict[str, Any]]) -> dict[str, dict[str,
 
 
 def _eval_results(
-    metrics: dict[str, Any], dataset: str, config_name: str | None, split: str | None, task: str
+    metrics: dict[str, Any], dataset: str, config_name: str | None, split: str | None, task
 ) -> list[EvalResult]:
     results = []
-    names = dict(_METRICS)
-    for key in metrics:
-        if key.startswith("eval_top") and key.endswith("_accuracy"):
-            k = key[len("eval_top") : -len("_accuracy")]
-            names[key] = (f"top_{k}_accuracy", f"Top-{k} accuracy")
-    for key, (metric_type, metric_name) in names.items():
+    for key, (metric_type, metric_name) in task.card_metric_names(metrics).items():
         value = metrics.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             results.append(
                 EvalResult(
-                    task_type=task,
+                    task_type=task.pipeline_tag,
                     dataset_type=dataset,
                     dataset_name=dataset,
                     dataset_config=config_name,
@@ -88,55 +140,54 @@ def _eval_results(
 def build_model_card(record: dict[str, Any], library_name: str, model_name: str | None = None) -> ModelCard:
     """The card of a student from a run record (``hf_freqkd_run.json``) and its library (timm/transformers)."""
     if library_name not in ("timm", "transformers"):
-        raise ValueError(f"library_name = {library_name!r} is invalid: expected 'timm' or 'transformers'")
+        raise ConfigError(f"library_name = {library_name!r} is invalid: expected 'timm' or 'transformers'")
     config = record.get("config", {})
     training = record.get("training", {})
     metrics = record.get("metrics", {}) or {}
     mode = record.get("mode", "distill")
-    student = config.get("student_model") or "student"
-    teacher = config.get("teacher_model") if mode == "distill" else None
-    dataset = config.get("dataset") or "unknown"
+    task = get_task(config.get("task") or "classification")
+    student = public_model_name(config.get("student_model")) or "student"
+    teacher_source = config.get("teacher_model") if mode == "distill" else None
+    teacher = public_model_name(teacher_source)
+    dataset = _dataset_names(config.get("dataset"), config.get("dataset_config_name"))
     methods = _resolved_methods(config.get("methods") or {})
     if mode == "teacher":
         methods = {name: options for name, options in methods.items() if name == "ce"}
-    task = PIPELINE_TAGS.get(config.get("task") or "classification", "image-classification")
-    model_name = model_name or f"{Path(str(student)).name}-{'-'.join(n for n in methods if n != 'ce') or 'ce'}"
+    model_name = model_name or f"{Path(student).name}-{'-'.join(n for n in methods if n != 'ce') or 'ce'}"
 
-    tags = ["hf_freqkd", task]
+    tags = ["hf_freqkd", task.pipeline_tag]
     if mode == "distill":
         tags.append("knowledge-distillation")
     tags += [name for name in methods if name != "ce"]
     if library_name == "timm":
         tags.append("timm")
-    dataset_id = _hub_dataset_id(dataset)
     data = ModelCardData(
         library_name=library_name,
-        pipeline_tag=task,
+        pipeline_tag=task.pipeline_tag,
         tags=tags,
-        base_model=hub_model_id(teacher),
-        datasets=[dataset_id] if dataset_id else None,
+        base_model=hub_model_id(teacher_source),
+        datasets=[dataset.hub_id] if dataset.hub_id else None,
         model_name=model_name,
-        eval_results=_eval_results(metrics, dataset, config.get("dataset_config_name"), config.get("eval_split"), task)
+        eval_results=_eval_results(metrics, dataset.name, config.get("dataset_config_name"), config.get("eval_split"), task)
         or None,
     )
-    body = _card_body(record, library_name, model_name, student, teacher, dataset, methods, training, metrics)
+    body = _card_body(record, library_name, model_name, task, student, teacher, dataset, methods, training, metrics)
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
 
 
-def _card_body(record, library_name, model_name, student, teacher, dataset, methods, training, metrics) -> str:
+def _card_body(record, library_name, model_name, task, student, teacher, dataset, methods, training, metrics) -> str:
     mode = record.get("mode", "distill")
     config = record.get("config", {})
     lines = [f"# {model_name}", ""]
-    kind = "Segmentation network" if config.get("task") == "segmentation" else "Image classifier"
     if mode == "distill":
         method_names = ", ".join(n for n in methods if n != "ce") or "ce"
         lines.append(
-            f"{kind} `{student}` distilled from the teacher `{teacher}` with {method_names} "
-            f"on `{dataset}`, trained with hf_freqkd on the Hugging Face `Trainer`."
+            f"{task.card_title} {_quoted(student)} distilled from the teacher {_quoted(teacher)} with {method_names} "
+            f"on {_quoted(dataset.name)}, trained with hf_freqkd on the Hugging Face `Trainer`."
         )
     else:
         lines.append(
-            f"{kind} `{student}` trained with cross-entropy on `{dataset}` (an hf_freqkd teacher run)."
+            f"{task.card_title} {_quoted(student)} trained with cross-entropy on {_quoted(dataset.name)} (an hf_freqkd teacher run)."
         )
     lines += ["", "## Use", "", "```python"]
     if library_name == "timm":
@@ -147,22 +198,32 @@ def _card_body(record, library_name, model_name, student, teacher, dataset, meth
             'model = timm.create_model("hf-hub:<repo id>", pretrained=True).eval()',
             '# or, from this folder: timm.create_model("local-dir:<path>", pretrained=True)',
         ]
+        if task.transformers_auto_class:
+            # transformers loads timm exports through its TimmWrapper classes; they build the
+            # architecture by name with timm, hence the import above for the CIFAR zoo.
+            lines += [
+                f"# or with transformers: from transformers import {task.transformers_auto_class}",
+                f'# model = {task.transformers_auto_class}.from_pretrained("<repo id or path>").eval()',
+            ]
     else:
+        auto_class = task.transformers_auto_class or "AutoModel"
         lines += [
-            "from transformers import AutoModelForImageClassification",
+            f"from transformers import {auto_class}",
             "",
-            'model = AutoModelForImageClassification.from_pretrained("<repo id or path>").eval()',
+            f'model = {auto_class}.from_pretrained("<repo id or path>").eval()',
         ]
     lines += ["```", "", "## Training", ""]
     if mode == "distill":
+        # A checkpoint is a local file: its name says which one, its folder is nobody else's business.
+        checkpoint = config.get("teacher_checkpoint")
         lines.append(
-            f"- Teacher: `{teacher}`"
-            + (f" (weights: `{config['teacher_checkpoint']}`)" if config.get("teacher_checkpoint") else "")
+            f"- Teacher: {_quoted(teacher)}" + (f" (weights: `{Path(str(checkpoint)).name}`)" if checkpoint else "")
         )
-    lines.append(f"- Student: `{student}`")
+    lines.append(f"- Student: {_quoted(student)}")
     lines.append(
-        f"- Dataset: `{dataset}`"
+        f"- Dataset: {_quoted(dataset.name)}"
         + (f" (config `{config['dataset_config_name']}`)" if config.get("dataset_config_name") else "")
+        + (f": {dataset.description}" if dataset.description else "")
     )
     if config.get("image_size"):
         lines.append(f"- Input size: {config['image_size']} px")

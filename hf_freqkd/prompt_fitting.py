@@ -24,7 +24,10 @@ The fitting runs on ``transformers.Trainer`` (a small subclass) rather than a pl
 brings device placement, bf16/fp16 autocast, data-parallel training of the prompts under
 ``accelerate launch``, the dataloader, the cosine schedule and logging, with nothing re-implemented.
 It saves no checkpoints (2000 steps of a few thousand parameters do not need resuming, and a
-checkpoint would hold the whole teacher); the prompts file is the output.
+checkpoint would hold the whole teacher); the prompts file is the output. The trainer shares
+``DistillationTrainer``'s pieces (:mod:`hf_freqkd.training`): the non-finite loss guard (the run's
+``nonfinite_loss``), atomic checkpoints and formatted datasets; the teacher is the same
+:class:`~hf_freqkd.models.FrozenTeacher`, loaded and checked by :mod:`hf_freqkd.factory`.
 """
 
 from __future__ import annotations
@@ -53,9 +56,12 @@ from .layers.frequency_prompts import (
     save_prompts,
 )
 from .methods.freekd import FreeKD, FreeKDOptions, resolve_teacher_layers
-from .models.features import HIDDEN_STATES, BackboneInfo, default_feature_layers
+from .errors import DataError, MethodOptionsError, ModelError
+from .factory import check_finite_weights, first_training_input, load_teacher, probe_feature_shapes
+from .models.features import HIDDEN_STATES, FeatureExtractor, FrozenTeacher, backbone_info, default_feature_layers
 from .models.loading import is_transformers_model
-from .trainer import LossTermMeans, first_training_input
+from .training import AtomicCheckpoints, FormattedDatasets, LossTermMeans, NonFiniteLossGuard
+from .types import BackboneInfo
 
 logger = logging.getLogger(__name__)
 
@@ -107,18 +113,18 @@ class PromptFittingResult:
 
 
 def check_teacher_layers(teacher: nn.Module, layers: Sequence[str]) -> dict[str, nn.Module]:
-    """The modules named ``layers`` (forward hooks go there); a ValueError naming a missing one."""
+    """The modules named ``layers`` (forward hooks go there); a ModelError naming a missing one."""
     modules = dict(teacher.named_modules())
     found = {}
     for layer in layers:
         if layer.startswith(HIDDEN_STATES) and is_transformers_model(teacher):
-            raise ValueError(
+            raise MethodOptionsError(
                 f"fit-prompts inserts prompts with forward hooks, which need a module name, not '{layer}': "
                 "set methods.freekd.teacher_layers to module names of the transformers teacher (its blocks, e.g. vit.layers.11; "
                     "see teacher.named_modules())"
             )
         if layer not in modules:
-            raise ValueError(
+            raise ModelError(
                 f"layer '{layer}' does not exist in {type(teacher).__name__}; "
                 f"stage layers: {', '.join(default_feature_layers(teacher)) or 'none'}; "
                 f"top-level modules: {', '.join(name for name, _ in teacher.named_children())}"
@@ -144,40 +150,28 @@ def _from_map(feature_map: torch.Tensor, like: torch.Tensor, info: BackboneInfo)
 
 
 def probe_channels(teacher: nn.Module, layers: Sequence[str], sample: torch.Tensor) -> dict[str, int]:
-    """Width C of each layer's feature map, from one no-grad forward pass of ``sample``."""
-    info = BackboneInfo.of(teacher)
-    modules = check_teacher_layers(teacher, layers)
-    captured: dict[str, torch.Tensor] = {}
-    hooks = [
-        module.register_forward_hook(lambda _m, _a, output, layer=layer: captured.__setitem__(layer, _first_tensor(output)))
-        for layer, module in modules.items()
-    ]
-    was_training = teacher.training
-    teacher.eval()
+    """Width C of each layer's feature map, from one no-grad forward pass of ``sample`` (the factory's probe)."""
+    check_teacher_layers(teacher, layers)
+    extractor = FeatureExtractor(teacher, layers)
     try:
-        with torch.no_grad():
-            device = next(teacher.parameters()).device
-            teacher(pixel_values=sample.to(device)) if is_transformers_model(teacher) else teacher(sample.to(device))
+        shapes = probe_feature_shapes(sample, extractor, "teacher")
     finally:
-        for hook in hooks:
-            hook.remove()
-        teacher.train(was_training)
-    size = tuple(sample.shape[-2:])
+        extractor.remove_hooks()
     channels = {}
     for layer in layers:
-        feature = info.to_map(captured[layer], size)
-        if feature.dim() != 4:
-            raise ValueError(f"the teacher's '{layer}' output has shape {tuple(feature.shape)}, not a (B, C, H, W) map")
-        channels[layer] = int(feature.shape[1])
+        if len(shapes[layer]) != 4:
+            raise ModelError(f"the teacher's '{layer}' output has shape {tuple(shapes[layer])}, not a (B, C, H, W) map")
+        channels[layer] = int(shapes[layer][1])
     return channels
 
 
 class PromptedTeacher(nn.Module):
     """The frozen teacher with frequency prompts refining the wavelet bands of chosen layers.
 
-    The teacher's parameters never train and it stays in eval mode whatever ``.train()`` says
-    (BatchNorm statistics and dropout fixed); gradients flow through its later layers to the
-    prompts only. Call :meth:`remove_hooks` to give the teacher back unchanged.
+    The teacher is a :class:`~hf_freqkd.models.FrozenTeacher`, as in distillation: its parameters
+    never train and it stays in eval mode whatever ``.train()`` says (BatchNorm statistics and
+    dropout fixed); it passes gradients through its later layers to the prompts only. Call
+    :meth:`remove_hooks` to give the teacher back unchanged.
     """
 
     def __init__(
@@ -194,10 +188,9 @@ class PromptedTeacher(nn.Module):
         task_loss: TaskLoss | None = None,
     ):
         super().__init__()
-        self.teacher = teacher.requires_grad_(False)
+        self.teacher = FrozenTeacher(teacher, pass_gradients=True)
         self.prompts = prompts
-        self.info = BackboneInfo.of(teacher)
-        self.is_transformers = is_transformers_model(teacher)
+        self.info = self.teacher.info
         self.wavelet, self.levels, self.mode, self.wavelet_backend = wavelet, levels, mode, wavelet_backend
         self.dissimilarity, self.dissimilarity_weight = dissimilarity, dissimilarity_weight
         self.task_loss = task_loss or classification_loss
@@ -209,11 +202,6 @@ class PromptedTeacher(nn.Module):
             module.register_forward_hook(self._prompt_hook(layer)) for layer, module in check_teacher_layers(teacher, prompts.layers).items()
         ]
         self.train(False)
-
-    def train(self, mode: bool = True) -> "PromptedTeacher":
-        super().train(mode)
-        self.teacher.train(False)
-        return self
 
     def remove_hooks(self) -> None:
         for hook in self._hooks:
@@ -234,7 +222,7 @@ class PromptedTeacher(nn.Module):
             if not self.prompts_enabled:
                 return None
             if isinstance(output, ModelOutput):
-                raise TypeError(f"cannot insert prompts after '{layer}': it returns a {type(output).__name__}; choose a layer inside it")
+                raise MethodOptionsError(f"cannot insert prompts after '{layer}': it returns a {type(output).__name__}; choose a layer inside it")
             refined, overlap = self.refine(layer, _first_tensor(output))
             self._overlaps.append(overlap)
             if isinstance(output, (tuple, list)):
@@ -247,11 +235,10 @@ class PromptedTeacher(nn.Module):
         self._input_size = tuple(pixel_values.shape[-2:])
         self._overlaps = []
         try:
-            output = self.teacher(pixel_values=pixel_values) if self.is_transformers else self.teacher(pixel_values)
+            logits = self.teacher(pixel_values).logits
             overlaps = self._overlaps
         finally:
             self._overlaps = []
-        logits = output.logits if self.is_transformers else output
         dissimilarity = torch.stack(overlaps).sum() if overlaps else logits.new_zeros((), dtype=torch.float32)
         if labels is None:
             return PromptFittingOutput(logits=logits, dissimilarity=dissimilarity.detach())
@@ -260,29 +247,42 @@ class PromptedTeacher(nn.Module):
         return PromptFittingOutput(loss=loss, logits=logits, task_loss=task_loss.detach(), dissimilarity=dissimilarity.detach())
 
 
-class PromptFittingTrainer(Trainer):
-    """``transformers.Trainer`` over a :class:`PromptedTeacher`; logs ``task_loss`` and ``dissimilarity``."""
+class PromptFittingTrainer(AtomicCheckpoints, NonFiniteLossGuard, FormattedDatasets, Trainer):
+    """``transformers.Trainer`` over a :class:`PromptedTeacher`; logs ``task_loss`` and ``dissimilarity``.
 
-    def __init__(self, *args, **kwargs):
+    ``nonfinite_loss`` (``stop`` or ``skip``, the distillation run's setting) says what a NaN / inf
+    task loss or overlap does (see :mod:`hf_freqkd.training.nonfinite`).
+    """
+
+    def __init__(self, *args, nonfinite_loss: str = "stop", **kwargs):
         super().__init__(*args, **kwargs)
+        self._nonfinite_policy = nonfinite_loss
         self._term_means = LossTermMeans()
 
+    @property
+    def nonfinite_loss(self) -> str:
+        return self._nonfinite_policy
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(pixel_values=inputs["pixel_values"], labels=inputs["labels"])
-        if model.training:
-            self._term_means.add({"task_loss": outputs.task_loss, "dissimilarity": outputs.dissimilarity})
+        forward = lambda: model(pixel_values=inputs["pixel_values"], labels=inputs["labels"])  # noqa: E731
+        if not model.training:
+            outputs = forward()
+            return (outputs.loss, outputs) if return_outputs else outputs.loss
+        outputs, skipped = self.guarded_forward(
+            model, forward, lambda outputs: {"task_loss": outputs.task_loss, "dissimilarity": outputs.dissimilarity}
+        )
+        if skipped:
+            loss = self.zero_loss(model)
+            return (loss, outputs) if return_outputs else loss
+        self._term_means.add({"task_loss": outputs.task_loss, "dissimilarity": outputs.dissimilarity})
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
             logs.update(self._term_means.pop_means(self.accelerator))
+        if "loss" in logs and self.skipped_steps:
+            logs["skipped_steps"] = self.skipped_steps
         super().log(logs, start_time)
-
-    def _remove_unused_columns(self, dataset, description: str | None = None):
-        # A dataset with a transform (with_image_transform) yields exactly the model's inputs.
-        if getattr(dataset, "format", {}).get("type") == "custom":
-            return dataset
-        return super()._remove_unused_columns(dataset, description)
 
 
 def prompt_training_arguments(options: FreeKDOptions, base: TrainingArguments | None, output_dir: str) -> TrainingArguments:
@@ -318,7 +318,7 @@ def prompt_training_arguments(options: FreeKDOptions, base: TrainingArguments | 
 
 def _first_input(dataset) -> torch.Tensor:
     if dataset is None or len(dataset) == 0:
-        raise ValueError("fit-prompts needs a non-empty training dataset")
+        raise DataError("fit-prompts needs a non-empty training dataset")
     return first_training_input(dataset)
 
 
@@ -373,7 +373,7 @@ def fit_prompts(
             schedule always comes from ``options``.
         task_loss: ``(logits, labels) -> loss`` of the teacher's task; cross-entropy by default.
     """
-    layers = resolve_teacher_layers(options, BackboneInfo.of(teacher))
+    layers = resolve_teacher_layers(options, backbone_info(teacher))
     channels = probe_channels(teacher, layers, _first_input(train_dataset))
     generator = torch.Generator().manual_seed(args.seed if args is not None else 0)
     prompts = FrequencyPrompts(
@@ -402,6 +402,7 @@ def fit_prompts(
         data_collator=default_data_collator,
         # The reference optimiser is Adam with L2 weight decay; TrainingArguments only offers AdamW.
         optimizer_cls_and_kwargs=(torch.optim.Adam, {"lr": options.prompt_learning_rate}),
+        nonfinite_loss=getattr(args, "nonfinite_loss", "stop"),
     )
     try:
         start = time.perf_counter()
@@ -471,21 +472,21 @@ def run_fit_prompts(config_path: str | None = None, overrides: list[str] | None 
     from .config import parse_config
     from .methods.base import options_from_dict
     from .models.loading import model_num_classes
-    from .trainer import DistillationTrainer
 
     args, model_args, data_args = parse_config(config_path, overrides)
     if "freekd" not in args.methods:
-        raise ValueError(
+        raise MethodOptionsError(
             f"fit-prompts fits the prompts of the freekd method, but the config's methods are {', '.join(args.methods)}: "
             "list freekd in methods (its options name the layers, the prompts file and the stage-1 schedule)"
         )
     options = options_from_dict(FreeKDOptions, args.methods["freekd"], "freekd")
     if options.masks != "prompts":
-        raise ValueError(f"methods.freekd.masks is '{options.masks}': there are no prompts to fit; set masks: prompts and a prompts_path")
+        raise MethodOptionsError(f"methods.freekd.masks is '{options.masks}': there are no prompts to fit; set masks: prompts and a prompts_path")
     train_dataset, report_dataset, num_classes = _load_data(args, model_args, data_args)
-    teacher = DistillationTrainer._load_teacher(None, args, [FreeKD(options)], num_classes)
+    teacher = load_teacher(None, args, [FreeKD(options)], num_classes)
     if model_num_classes(teacher) != num_classes:
-        raise ValueError(f"teacher has {model_num_classes(teacher)} classes but the dataset has {num_classes}")
+        raise ModelError(f"teacher has {model_num_classes(teacher)} classes but the dataset has {num_classes}")
+    check_finite_weights(teacher, "teacher", args.teacher_checkpoint or args.teacher_model)
     return fit_prompts(
         teacher,
         train_dataset,

@@ -19,11 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError, HubUploadError
 from .export import STUDENT_EXPORT_DIR, export_run, read_run_record
-
-
-class HubPushError(ValueError):
-    """An upload that could not happen (no token, offline, network, refused); the local export is kept."""
 
 
 @dataclass
@@ -41,7 +38,8 @@ class HubSettings:
         """Read ``push_to_hub``, ``hub_model_id``, ``hub_private_repo``, ``hub_revision`` and ``hub_token``
         from ``args``; turn the Trainer's own push off and remove the token from ``args``.
 
-        With ``push_to_hub`` the repo id and the token are checked now, before any training.
+        With ``push_to_hub`` the repo id and the token are checked now, before any training
+        (:class:`~hf_freqkd.errors.ConfigError`).
         """
         settings = cls(
             push_to_hub=bool(getattr(args, "push_to_hub", False)),
@@ -59,8 +57,8 @@ class HubSettings:
             check_repo_id(settings.repo_id, "hub_model_id")
             try:
                 check_can_push(settings.token)
-            except HubPushError as error:
-                raise HubPushError(f"push_to_hub is true but {error}; or set push_to_hub: false") from None
+            except ConfigError as error:
+                raise ConfigError(f"push_to_hub is true but {error}; or set push_to_hub: false") from None
         return settings
 
     def __getstate__(self) -> dict[str, Any]:
@@ -69,7 +67,7 @@ class HubSettings:
 
 
 def check_repo_id(repo_id: str, name: str = "--repo-id") -> str:
-    """``USER/NAME`` or ``NAME`` (the token owner's namespace); a clear error otherwise."""
+    """``USER/NAME`` or ``NAME`` (the token owner's namespace); a :class:`~hf_freqkd.errors.ConfigError` otherwise."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
@@ -78,7 +76,7 @@ def check_repo_id(repo_id: str, name: str = "--repo-id") -> str:
             raise HFValidationError("")
         validate_repo_id(repo_id)
     except HFValidationError:
-        raise HubPushError(
+        raise ConfigError(
             f"{name} = {repo_id!r} is not a valid Hub repo id: expected USER/NAME (letters, digits, '-', '_', '.')"
         ) from None
     return repo_id
@@ -92,15 +90,15 @@ def resolve_token(token: str | None = None) -> str | None:
 
 
 def check_can_push(token: str | None = None, export_dir: str | Path | None = None) -> str:
-    """The token to push with; a one-line error when there is none or the Hub is switched off."""
+    """The token to push with; a :class:`~hf_freqkd.errors.ConfigError` when there is none or the Hub is switched off."""
     from huggingface_hub import constants
 
     kept = f"; the exported student stays in {export_dir}" if export_dir else ""
     if constants.is_offline_mode():
-        raise HubPushError(f"HF_HUB_OFFLINE=1 is set, so nothing can be uploaded: unset it to push{kept}")
+        raise ConfigError(f"HF_HUB_OFFLINE=1 is set, so nothing can be uploaded: unset it to push{kept}")
     token = resolve_token(token)
     if not token:
-        raise HubPushError(
+        raise ConfigError(
             f"no Hugging Face token: set HF_TOKEN, run `hf auth login`, or set hub_token in the config{kept}"
         )
     return token
@@ -116,6 +114,10 @@ def push_folder(
     commit_message: str | None = None,
 ) -> str:
     """Create ``repo_id`` if needed and upload ``folder`` as one commit; return the commit's URL.
+
+    A malformed repo id, no token or offline mode raise :class:`~hf_freqkd.errors.ConfigError` before
+    any request; a refused or failed upload raises :class:`~hf_freqkd.errors.HubUploadError`. Either
+    way ``folder`` is left as it was, and the message says so.
 
     Args:
         folder: an export (``config.json``, ``model.safetensors``, ``README.md``).
@@ -153,11 +155,11 @@ def push_folder(
             reason = f"the token has no write access to '{repo_id}' on {endpoint} (HTTP 403)"
         else:
             reason = f"the Hub at {endpoint} answered HTTP {status}: {str(error).splitlines()[0]}"
-        raise HubPushError(
+        raise HubUploadError(
             f"{reason}; the upload did not complete and the exported student stays in {folder}"
         ) from None
     except (OSError, _transport_error(errors)) as error:
-        raise HubPushError(
+        raise HubUploadError(
             f"cannot reach the Hub at {endpoint} ({type(error).__name__}: {error}); "
             f"nothing was uploaded and the exported student stays in {folder}"
         ) from None

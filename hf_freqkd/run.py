@@ -6,28 +6,20 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import DataArguments, DistillationConfig, ModelArguments, config_to_dict, parse_config
-from .data.loading import (
-    check_labels_in_range,
-    count_classes,
-    detect_columns,
-    load_image_dataset,
-    pick_split,
-    with_image_transform,
-)
-from .data.segmentation import segmentation_data_functions
-from .export import RUN_RECORD, STUDENT_EXPORT_DIR, export_student
-from .model_card import training_recipe
-from .models.loading import load_model, model_num_classes, resolve_input_config
+from .data.loading import load_image_dataset, pick_split, seeded_subset
+from .errors import BadInputError, ConfigError, DataError, HubUploadError, MethodOptionsError
+from .output_dir import RUN_RECORD  # noqa: F401  (re-exported: where a run's record lives)
+from .output_dir import check_output_dir, training_settings
+from .models.loading import load_model, resolve_input_config
 from .push import push_folder
+from .tasks import get_task
 from .trainer import DistillationTrainer, set_seed_for
 
 logger = logging.getLogger(__name__)
@@ -52,14 +44,14 @@ def prepare_run(
 ) -> tuple[DistillationTrainer, DistillationConfig, ModelArguments, DataArguments]:
     """Parse and validate everything, load data and models, and build the trainer. Writes nothing."""
     if mode not in ("teacher", "distill"):
-        raise ValueError(f"mode '{mode}' is invalid: expected 'teacher' or 'distill'")
+        raise ConfigError(f"mode '{mode}' is invalid: expected 'teacher' or 'distill'")
     base = {"methods": {"ce": {}}} if mode == "teacher" else {}
     args, model_args, data_args = parse_config(config_path, overrides, defaults={**base, **(defaults or {})})
     if mode == "teacher":
         extra = [name for name in args.methods if name != "ce"]
         if extra:
-            raise ValueError(f"train-teacher trains with the ce method alone; remove {', '.join(extra)} from methods")
-    check_output_dir(args)
+            raise MethodOptionsError(f"train-teacher trains with the ce method alone; remove {', '.join(extra)} from methods")
+    check_output_dir(args.output_dir, args.resume_from_checkpoint, training_settings(args, model_args, data_args))
     set_seed_for(args)  # the student (and a teacher built from a name) are created below, before the Trainer
 
     data = load_run_data(args, model_args, data_args)
@@ -73,11 +65,13 @@ def prepare_run(
     )
     train_dataset, eval_dataset = data.formatted(input_config_for(student, data_args), data_args.augmentation)
     if eval_dataset is None and args.eval_strategy != "no":
-        raise ValueError(
+        raise ConfigError(
             f"eval_strategy is '{getattr(args.eval_strategy, 'value', args.eval_strategy)}' but the dataset has no evaluation split (splits: {', '.join(data.splits)}); "
             "set validation_fraction to hold out part of the train split, eval_split, or eval_strategy: 'no'"
         )
-    trainer = DistillationTrainer(model=student, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset)
+    trainer = DistillationTrainer(
+        model=student, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, task=get_task(data_args.task)
+    )
     return trainer, args, model_args, data_args
 
 
@@ -91,7 +85,7 @@ class RunData:
     label_column: str
     num_classes: int
     splits: list[str]
-    transform: Any  # with_image_transform, or the segmentation one
+    transform: Any  # the task's transform (hf_freqkd.tasks: TaskData.transform)
 
     def formatted(self, input_config: dict[str, Any], augmentation: str):
         """(train dataset, eval dataset or None) yielding ``pixel_values`` and ``labels``."""
@@ -114,26 +108,22 @@ def load_run_data(args: DistillationConfig, model_args: ModelArguments, data_arg
     eval_split = pick_split(splits, data_args.eval_split, "eval", ["validation", "valid", "val", "test"])
     train_data = data[train_split]
     if len(train_data) == 0:
-        raise ValueError(f"the train split '{train_split}' of dataset '{data_args.dataset}' is empty; point dataset at data with images")
-    if data_args.task == "segmentation":
-        # label_column is the mask column; transform and check are the per-pixel ones.
-        image_column, label_column, num_classes, transform, check_labels = segmentation_data_functions(train_data, data_args, model_args.num_classes)
-    else:
-        image_column, label_column = detect_columns(train_data, data_args.image_column, data_args.label_column)
-        num_classes = model_args.num_classes or count_classes(train_data, label_column)
-        transform, check_labels = with_image_transform, check_labels_in_range
+        raise DataError(f"the train split '{train_split}' of dataset '{data_args.dataset}' is empty; point dataset at data with images")
+    task_data = get_task(data_args.task).data_functions(train_data, data_args, model_args.num_classes)
+    image_column, label_column, num_classes = task_data.image_column, task_data.label_column, task_data.num_classes
+    transform, check_labels = task_data.transform, task_data.check_labels
     eval_data = data[eval_split] if eval_split else None
     if data_args.validation_fraction:
         if eval_data is not None:
-            raise ValueError(f"validation_fraction is set but the dataset already has the eval split '{eval_split}'; unset one of them")
+            raise ConfigError(f"validation_fraction is set but the dataset already has the eval split '{eval_split}'; unset one of them")
         held_out = train_data.train_test_split(
             test_size=data_args.validation_fraction, seed=args.seed, stratify_by_column=label_column if _is_class_label(train_data, label_column) else None
         )
         train_data, eval_data, eval_split = held_out["train"], held_out["test"], f"{train_split} (held out)"
-    if data_args.max_train_samples:
-        train_data = train_data.select(range(min(data_args.max_train_samples, len(train_data))))
-    if eval_data is not None and data_args.max_eval_samples:
-        eval_data = eval_data.select(range(min(data_args.max_eval_samples, len(eval_data))))
+    subset_seed = args.data_seed if args.data_seed is not None else args.seed
+    train_data = seeded_subset(train_data, data_args.max_train_samples, subset_seed, label_column)
+    if eval_data is not None:
+        eval_data = seeded_subset(eval_data, data_args.max_eval_samples, subset_seed, label_column)
     check_labels(train_data, label_column, num_classes, train_split)
     if eval_data is not None:
         check_labels(eval_data, label_column, num_classes, eval_split)
@@ -154,70 +144,43 @@ def _is_class_label(dataset, column: str) -> bool:
     return isinstance(dataset.features[column], datasets.ClassLabel)
 
 
-def check_output_dir(args: DistillationConfig) -> None:
-    """Refuse to train into a folder holding another run's checkpoints unless resuming from it."""
-    output_dir = Path(args.output_dir)
-    resume = args.resume_from_checkpoint
-    if isinstance(resume, str) and resume.lower() in ("true", "false"):
-        resume = resume.lower() == "true"
-    if isinstance(resume, str) and resume and not os.path.isdir(resume):
-        raise FileNotFoundError(
-            f"resume_from_checkpoint '{resume}' does not exist: give a checkpoint-<step> folder of an earlier run, "
-            "or true to resume from the latest checkpoint in output_dir"
-        )
-    if resume is True and not (output_dir.is_dir() and any(output_dir.glob("checkpoint-*"))):
-        raise ValueError(
-            f"resume_from_checkpoint is true but output_dir '{output_dir}' holds no checkpoint-* folder; "
-            "unset resume_from_checkpoint to start a new run, or set output_dir to the run to continue"
-        )
-    if not output_dir.exists():
-        return
-    if not output_dir.is_dir():
-        raise ValueError(f"output_dir '{output_dir}' exists and is not a folder; choose a folder path")
-    checkpoints = sorted(p.name for p in output_dir.glob("checkpoint-*"))
-    if checkpoints and not args.resume_from_checkpoint:
-        raise ValueError(
-            f"output_dir '{output_dir}' already holds checkpoints ({', '.join(checkpoints[:3])}); "
-            "set resume_from_checkpoint=true to continue that run, or choose another output_dir"
-        )
-    if not os.access(output_dir, os.W_OK):
-        raise ValueError(f"output_dir '{output_dir}' is not writable; fix its permissions or choose another output_dir")
-
-
 def run(mode: str, config_path: str | None = None, overrides: list[str] | None = None, defaults: dict[str, Any] | None = None) -> RunResult:
-    """Train (a teacher, or a student by distillation), evaluate, export the student, record the run."""
+    """Train (a teacher, or a student by distillation), evaluate, export the student, record the run.
+
+    The trainer writes the run record and the exported student (:meth:`DistillationTrainer.train`,
+    :meth:`~DistillationTrainer.save_student`), as it does for a Trainer-API run; here the record
+    holds the whole YAML config and the student is exported again with the final evaluation.
+    """
     trainer, args, model_args, data_args = prepare_run(mode, config_path, overrides, defaults)
-    resume = args.resume_from_checkpoint
-    if isinstance(resume, str) and resume.lower() in ("true", "false"):
-        resume = resume.lower() == "true"
-    record: dict[str, Any] = {
-        "mode": mode,
-        "status": "training",
-        "config": config_to_dict(args, model_args, data_args),
-        "training": training_recipe(args),
-        "num_classes": _num_classes_or_none(trainer.student),
-    }
-    if trainer.is_world_process_zero():
-        # Written before training too, so a checkpoint of an unfinished run can be exported (hf-freqkd export).
-        _write_record(args.output_dir, record)
+    trainer.run_record.update(
+        mode=mode,
+        config=config_to_dict(args, model_args, data_args),
+        settings=training_settings(args, model_args, data_args),
+    )
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume or None)
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     train_seconds = time.perf_counter() - start
     metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
-    export_dir = hub_url = None
-    if trainer.is_world_process_zero():
-        teacher_parameters = sum(p.numel() for p in trainer.teacher.parameters()) if trainer.teacher is not None else 0
-        record.update(status="finished", metrics=metrics, train_seconds=train_seconds, teacher_parameters=teacher_parameters)
-        _write_record(args.output_dir, record)
-        hub = trainer.hub_settings
-        model_name = hub.repo_id.split("/")[-1] if hub.push_to_hub else Path(args.output_dir).resolve().name
-        export_dir = str(export_student(trainer.student, Path(args.output_dir) / STUDENT_EXPORT_DIR, record, model_name))
-        if hub.push_to_hub:
-            # The exported student alone, once; the Trainer's own push is off (see hf_freqkd.push).
+    # The final evaluation goes on the card; a non-finite student or evaluation fails here, exporting nothing.
+    folder = trainer.save_student(metrics)
+    export_dir = str(folder) if trainer.is_world_process_zero() else None
+    hub_url = None
+    hub = trainer.hub_settings
+    if export_dir is not None and hub.push_to_hub:
+        # The exported student alone, once; the Trainer's own push is off (see hf_freqkd.push).
+        try:
             hub_url = push_folder(
                 export_dir, hub.repo_id, token=hub.token, private=hub.private, revision=hub.revision,
                 commit_message=f"Upload {mode} run {Path(args.output_dir).name} with hf_freqkd",
             )
+        except (BadInputError, HubUploadError) as error:
+            # The run is done and on disk: say what is kept and how to upload it without training again.
+            checkpoints = sorted((p.name for p in Path(args.output_dir).glob("checkpoint-*")), key=lambda n: (len(n), n))
+            kept = f"the exported student in {export_dir}, the run record{''.join(', ' + name for name in checkpoints)}"
+            raise HubUploadError(
+                f"training finished, but {error}; kept: {kept}. "
+                f"To push again: hf-freqkd push --run {args.output_dir} --repo-id {hub.repo_id}"
+            ) from None
     return RunResult(
         metrics=metrics,
         student_parameters=sum(p.numel() for p in trainer.student.parameters()),
@@ -227,16 +190,3 @@ def run(mode: str, config_path: str | None = None, overrides: list[str] | None =
         export_dir=export_dir,
         hub_url=hub_url,
     )
-
-
-def _num_classes_or_none(model) -> int | None:
-    try:
-        return model_num_classes(model)
-    except ValueError:
-        return None
-
-
-def _write_record(output_dir: str, record: dict[str, Any]) -> None:
-    path = Path(output_dir) / RUN_RECORD
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2, default=str))

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import ConfigError, ModelError
+
 MAX_DEFAULT_LAYERS = 4
 
 
@@ -45,7 +47,7 @@ def _check_wavelet(wavelet: str):
     import pywt
 
     if wavelet not in pywt.wavelist(kind="discrete"):
-        raise ValueError(f"wavelet '{wavelet}' is not a discrete wavelet PyWavelets knows (e.g. haar, db2, sym4)")
+        raise ConfigError(f"wavelet '{wavelet}' is not a discrete wavelet PyWavelets knows (e.g. haar, db2, sym4)")
     return pywt.Wavelet(wavelet)
 
 
@@ -65,7 +67,7 @@ def logit_band_energy(logits: np.ndarray, wavelet: str = "haar", levels: int | N
     levels = levels or default_logit_levels(logits.shape[1], wavelet)
     deepest = default_logit_levels(logits.shape[1], wavelet)
     if not 1 <= levels <= deepest:
-        raise ValueError(f"levels = {levels} is invalid for {logits.shape[1]} classes with {wavelet}: expected 1..{deepest}")
+        raise ConfigError(f"levels = {levels} is invalid for {logits.shape[1]} classes with {wavelet}: expected 1..{deepest}")
     coefficients = pywt.wavedec(logits, _check_wavelet(wavelet), mode="periodization", level=levels, axis=-1)
     bands = [f"cA{levels}"] + [f"cD{j}" for j in range(levels, 0, -1)]
     return _energies(bands, [np.square(c).sum(axis=-1).mean() for c in coefficients], np.square(logits).sum(axis=-1).mean())
@@ -158,7 +160,7 @@ def _load(source: str, num_classes: int):
     # An architecture name gets a fresh head for the data's classes; a saved folder keeps its own.
     model = load_model(source, num_classes=None if os.path.isdir(source) else num_classes)
     if model_num_classes(model) != num_classes:
-        raise ValueError(f"model '{source}' predicts {model_num_classes(model)} classes but the data has {num_classes}")
+        raise ModelError(f"model '{source}' predicts {model_num_classes(model)} classes but the data has {num_classes}")
     return model.eval()
 
 
@@ -168,7 +170,7 @@ def _pick_layers(info, explicit: list[str] | None, role: str) -> list[str]:
     if explicit:
         return list(explicit)
     if not info.stage_layers:
-        raise ValueError(f"the {role} exposes no stage layers; name layers with --{role}-layers")
+        raise ModelError(f"the {role} exposes no stage layers; name layers with --{role}-layers")
     return evenly_spaced(info.stage_layers, min(len(info.stage_layers), MAX_DEFAULT_LAYERS))
 
 
@@ -176,21 +178,31 @@ def _images(inputs: SpectrumInputs, student, num_classes_hint: list[int]):
     """``samples`` evenly spaced images of the evaluation split, transformed as ``distill`` evaluates them."""
     import torch
 
-    from .data.loading import count_classes, detect_columns, load_image_dataset, pick_split, with_image_transform
+    from .config import DataArguments
+    from .data.loading import load_image_dataset, pick_split
     from .models.loading import resolve_input_config
+    from .tasks import task_for_model
 
+    task = task_for_model(student)
+    if task.label_dims != 0:
+        # The logit view reads one score vector per image along the class axis.
+        raise ModelError(
+            f"the student {type(student).__name__} is {task.model_kind}; the spectrum compares image-level logits "
+            "(B, K) and needs image classifiers"
+        )
     data = load_image_dataset(inputs.dataset, inputs.dataset_config_name)
     splits = list(data)
     split = pick_split(splits, inputs.split, "eval", ["validation", "valid", "val", "test", "train"])
     rows = data[split]
-    image_column, label_column = detect_columns(rows)
-    num_classes_hint.append(count_classes(rows, label_column))
+    found = task.data_functions(rows, DataArguments(dataset=inputs.dataset, task=task.name))
+    image_column, label_column = found.image_column, found.label_column
+    num_classes_hint.append(found.num_classes)
     # Evenly spaced rows: many datasets (this library's generated one too) are ordered by class.
     rows = rows.select(np.unique(np.linspace(0, len(rows) - 1, min(inputs.samples, len(rows))).round().astype(int)).tolist())
     input_config = resolve_input_config(student)
     if inputs.image_size:
         input_config["input_size"] = (input_config["input_size"][0], inputs.image_size, inputs.image_size)
-    dataset = with_image_transform(rows, image_column, label_column, input_config, training=False, augmentation="none")
+    dataset = found.transform(rows, image_column, label_column, input_config, training=False, augmentation="none")
     pixels, labels = [], []
     for start in range(0, len(dataset), inputs.batch_size):
         batch = dataset[start : start + inputs.batch_size]
@@ -212,7 +224,7 @@ def _forward(model, layers: list[str], pixels, batch_size: int):
         for layer in layers:
             feature = output.features[layer]
             if feature.dim() != 4:
-                raise ValueError(f"layer '{layer}' of {type(model).__name__} gives shape {tuple(feature.shape)}, not a (B, C, H, W) map")
+                raise ModelError(f"layer '{layer}' of {type(model).__name__} gives shape {tuple(feature.shape)}, not a (B, C, H, W) map")
             features[layer].append(feature.float())
     return torch.cat(logits).numpy(), {layer: torch.cat(parts).numpy() for layer, parts in features.items()}
 
@@ -221,12 +233,12 @@ def compute_spectrum(inputs: SpectrumInputs) -> dict[str, Any]:
     """Load the models and the data, and return every energy as a JSON-ready dict."""
     import torch
 
-    from .models.features import BackboneInfo
+    from .models.features import backbone_info
     from .models.loading import load_model
 
     wavelet = _check_wavelet(inputs.wavelet)
     if inputs.samples < 1 or inputs.batch_size < 1:
-        raise ValueError(f"samples = {inputs.samples} and batch_size = {inputs.batch_size} must be integers >= 1")
+        raise ConfigError(f"samples = {inputs.samples} and batch_size = {inputs.batch_size} must be integers >= 1")
     probe = load_model(inputs.student) if not os.path.isdir(inputs.student) else None
     num_classes_hint: list[int] = []
     student_for_input = probe if probe is not None else load_model(inputs.student)
@@ -234,11 +246,11 @@ def compute_spectrum(inputs: SpectrumInputs) -> dict[str, Any]:
     num_classes = num_classes_hint[0]
     models = {"teacher": inputs.teacher, **({"student before": inputs.before} if inputs.before else {}), "student": inputs.student}
     loaded = {role: _load(source, num_classes) for role, source in models.items()}
-    teacher_layers = _pick_layers(BackboneInfo.of(loaded["teacher"]), inputs.teacher_layers, "teacher")
-    student_layers = _pick_layers(BackboneInfo.of(loaded["student"]), inputs.student_layers, "student")
+    teacher_layers = _pick_layers(backbone_info(loaded["teacher"]), inputs.teacher_layers, "teacher")
+    student_layers = _pick_layers(backbone_info(loaded["student"]), inputs.student_layers, "student")
     if len(teacher_layers) != len(student_layers):
         if inputs.teacher_layers or inputs.student_layers:
-            raise ValueError(f"--teacher-layers ({', '.join(teacher_layers)}) and --student-layers ({', '.join(student_layers)}) must have the same length")
+            raise ConfigError(f"--teacher-layers ({', '.join(teacher_layers)}) and --student-layers ({', '.join(student_layers)}) must have the same length")
         from .models.pairing import evenly_spaced
 
         count = min(len(teacher_layers), len(student_layers))

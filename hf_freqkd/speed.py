@@ -1,24 +1,28 @@
-"""Step timing for speed benchmarks: a distillation step against the limit of any distillation.
+"""The timing harness of every speed figure: ``hf-freqkd benchmark speed`` and ``benchmarks/*.py``.
 
 The limit is what every method must pay: one student training step (forward, backward, SGD update)
-plus one teacher no-grad forward. A method's step runs the same through the real ``Distiller`` and
-method modules. Iterations of the two alternate, so load from other processes hits both alike,
-and the ratio of medians is what is reported.
+plus one teacher no-grad forward. A method's step runs the same through the modules
+:func:`hf_freqkd.factory.build_distillation` builds for training (the real ``Distiller``, method
+modules and frozen teacher), with the same optimiser (:func:`sgd`). Steps are timed interleaved
+(:func:`time_interleaved`), so load from other processes hits all of them alike, and medians are
+reported.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from .distiller import Distiller
-from .methods.registry import build_methods
-from .models.features import BackboneInfo, FeatureExtractor, FrozenTeacher
+from .factory import DistillationParts, build_distillation
+from .models.features import FrozenTeacher
+
+Step = Callable[[], None]
 
 
 @dataclass
@@ -31,51 +35,70 @@ class StepTiming:
         return self.step_seconds / self.limit_seconds
 
 
-def build_distiller(student: nn.Module, teacher: nn.Module, methods: dict[str, Any], sample: torch.Tensor):
-    """The Distiller and frozen teacher the trainer would build, without a Trainer around them."""
-    built = build_methods(methods)
-    student_info, teacher_info = BackboneInfo.of(student), BackboneInfo.of(teacher)
-    requests = [m.feature_request(student_info, teacher_info) for m in built]
-    student_fx = FeatureExtractor(student, [n for r in requests for n in r.student])
-    teacher_fx = FrozenTeacher(teacher, [n for r in requests for n in r.teacher])
-    with torch.no_grad():
-        student_fx.eval()
-        s_shapes = {k: v.shape for k, v in student_fx(sample[:2]).features.items()}
-        t_shapes = {k: v.shape for k, v in teacher_fx(sample[:2]).features.items()}
-        student_fx.train()
-    num_classes = int(getattr(student, "num_classes", 0) or student_fx(sample[:1]).logits.shape[-1])
-    for method in built:
-        method.build(s_shapes, t_shapes, num_classes)
-    return Distiller(student_fx, built), teacher_fx
+def sgd(parameters) -> torch.optim.Optimizer:
+    """The optimiser of every timed training step."""
+    return torch.optim.SGD(parameters, lr=0.01, momentum=0.9)
 
 
-def training_steps(student: nn.Module, teacher: nn.Module, methods: dict[str, Any], batch: int, image_size: int):
-    """``(limit, method_step)``: callables running one limit step and one step of ``methods`` on a
-    fixed random batch. Both update the same ``student``; ``method_step`` also the method's parameters."""
+def limit_step(student: nn.Module, teacher: FrozenTeacher, images: torch.Tensor, labels: torch.Tensor) -> Step:
+    """One student training step (cross-entropy) plus one teacher no-grad forward."""
+    optimizer = sgd(student.parameters())
+
+    def step() -> None:
+        teacher(images)
+        loss = nn.functional.cross_entropy(student(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def distillation_step(parts: DistillationParts, images: torch.Tensor, labels: torch.Tensor, teacher: FrozenTeacher | None = None) -> Step:
+    """One training step of ``parts`` as the trainer takes it: teacher forward, Distiller forward
+    (student + every method's terms), backward, SGD update of the student and the methods' modules.
+    ``teacher`` defaults to ``parts.teacher``; pass one to run a teacher for label-only methods too."""
+    teacher = teacher if teacher is not None else parts.teacher
+    distiller = parts.distiller.train()
+    optimizer = sgd(distiller.parameters())
+
+    def step() -> None:
+        teacher_output = teacher(images) if teacher is not None else None
+        output = distiller(
+            images,
+            labels,
+            teacher_logits=teacher_output.logits if teacher_output is not None else None,
+            teacher_features=teacher_output.features if teacher_output is not None else None,
+        )
+        optimizer.zero_grad(set_to_none=True)
+        output.loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def training_steps(student: nn.Module, teacher: nn.Module, methods: dict[str, Any], batch: int, image_size: int) -> tuple[Step, Step]:
+    """``(limit, method_step)`` on a fixed random batch. Both update the same ``student``;
+    ``method_step`` also the methods' parameters. Both run the teacher (label-only methods too)."""
     num_classes = int(student.num_classes)
     images = torch.randn(batch, 3, image_size, image_size)
     labels = torch.randint(0, num_classes, (batch,))
-    distiller, teacher_fx = build_distiller(student, teacher, methods, images)
-    distiller.train()
-    optimizer = torch.optim.SGD(distiller.parameters(), lr=0.01, momentum=0.9)
-    student_optimizer = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
+    parts = build_distillation(student, teacher, methods, sample_input=images[:2])
+    frozen_teacher = parts.teacher if parts.teacher is not None else FrozenTeacher(teacher)
+    return limit_step(student, frozen_teacher, images, labels), distillation_step(parts, images, labels, frozen_teacher)
 
-    def limit() -> None:
-        with torch.no_grad():
-            teacher_fx(images)
-        loss = nn.functional.cross_entropy(student(images), labels)
-        student_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        student_optimizer.step()
 
-    def method_step() -> None:
-        teacher_out = teacher_fx(images)
-        out = distiller(images, labels, teacher_logits=teacher_out.logits, teacher_features=teacher_out.features)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        optimizer.step()
-
-    return limit, method_step
+def time_interleaved(steps: dict[str, Step], iterations: int, warmup: int = 3) -> dict[str, list[float]]:
+    """Seconds of each of ``iterations`` calls of every step after ``warmup`` untimed rounds; the
+    steps take turns, so load from other processes hits all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for round_index in range(warmup + iterations):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            if round_index >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
 
 
 def time_step(
@@ -83,23 +106,10 @@ def time_step(
 ) -> StepTiming:
     """Median seconds of the limit and of a step of ``methods``, measured alternately in one run."""
     limit, method_step = training_steps(student, teacher, methods, batch, image_size)
-    limits, steps = [], []
-    for i in range(warmup + iterations):
-        for fn, store in ((limit, limits), (method_step, steps)):
-            start = time.perf_counter()
-            fn()
-            if i >= warmup:
-                store.append(time.perf_counter() - start)
-    return StepTiming(statistics.median(limits), statistics.median(steps))
+    times = time_interleaved({"limit": limit, "step": method_step}, iterations, warmup)
+    return StepTiming(statistics.median(times["limit"]), statistics.median(times["step"]))
 
 
-def time_call(fn, iterations: int = 20, warmup: int = 3) -> float:
+def time_call(fn: Step, iterations: int = 20, warmup: int = 3) -> float:
     """Median seconds of ``fn()``."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iterations):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(time_interleaved({"call": fn}, iterations, warmup)["call"])

@@ -1,12 +1,13 @@
 """A catalogue of bad inputs, each run through the ``hf-freqkd`` command.
 
-Every case must: exit non-zero, print ONE error line that names the bad value and says what to do,
+Every case must: exit with the documented code (2 for bad input, 1 for a run that started and
+failed; see hf_freqkd/errors.py), print ONE error line that names the bad value and says what to do,
 fail before training where that can be known then, and leave the files already in ``output_dir``
 exactly as they were (contents and modification times).
 
 A case is ``(name, setup, fragments)``: ``setup(assets, tmp_path)`` returns the config tweak (a dict
 merged into a tiny digits run, plus optional ``"argv"`` - extra command-line arguments - and
-``"command"``); every fragment must appear in the error line.
+``"command"``, and ``"exit_code"`` when it is not 2); every fragment must appear in the error line.
 """
 
 from __future__ import annotations
@@ -19,29 +20,14 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 import hf_freqkd  # noqa: F401  registers the CIFAR zoo
 from hf_freqkd.cli import main
 from hf_freqkd.methods import DistillationMethod, MethodOptions, register_method
 from hf_freqkd.methods.registry import _METHODS
 
-TINY_RUN = {
-    "student_model": "resnet8",
-    "dataset": "digits",
-    "image_size": 8,
-    "max_train_samples": 16,
-    "max_eval_samples": 16,
-    "per_device_train_batch_size": 8,
-    "per_device_eval_batch_size": 16,
-    "max_steps": 1,
-    "eval_strategy": "no",
-    "save_strategy": "no",
-    "report_to": "none",
-    "use_cpu": True,
-    "disable_tqdm": True,
-    "methods": {"ce": {}},
-}
+from .helpers import tiny_run_config, write_run_config
+
 KD = {"teacher_model": "resnet8", "methods": {"kd": {}}}
 
 
@@ -209,7 +195,7 @@ CASES = [
     ("unknown_command", lambda a, t: {"argv_only": ["destill"]}, ["invalid choice: 'destill'", "hf-freqkd --help"]),
     ("unknown_option_flag", lambda a, t: {"argv": ["--confg", "x.yaml"]}, ["unrecognized arguments: --confg", "hf-freqkd --help"]),
     # --- numbers going bad during training
-    ("nan_loss_term_during_training", lambda a, t: {"methods": {"ce": {}, "test_nan_at_step": {"at_step": 2}}, "max_steps": 3, "during_training": True}, ["loss term 'loss_test_nan' is nan at step 2", "nonfinite_loss=skip"]),
+    ("nan_loss_term_during_training", lambda a, t: {"methods": {"ce": {}, "test_nan_at_step": {"at_step": 2}}, "max_steps": 3, "during_training": True, "exit_code": 1}, ["loss term 'loss_test_nan' is nan at step 2", "nonfinite_loss=skip"]),
 ]
 
 
@@ -249,7 +235,7 @@ def nan_method():
 def test_bad_input_gives_one_clear_error_and_touches_nothing(name, setup, fragments, assets, tmp_path, capsys, monkeypatch, nan_method):
     tweak = dict(setup(assets, tmp_path))
     output_dir = tmp_path / "out"
-    values = {**TINY_RUN, "output_dir": str(output_dir)}
+    values = tiny_run_config(output_dir)
     # Whatever a user had in output_dir must survive a failed run byte for byte.
     output_dir.mkdir()
     keep = output_dir / "notes.txt"
@@ -267,6 +253,8 @@ def test_bad_input_gives_one_clear_error_and_touches_nothing(name, setup, fragme
             monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path) == output_dir and mode & os.W_OK else real_access(path, mode, **kw))
     before = snapshot(output_dir)
     during_training = tweak.pop("during_training", False)
+    # The documented exit codes: 2 for the user's bad input (argparse's too), 1 for a run that started and failed.
+    expected_code = tweak.pop("exit_code", 2)
 
     command = tweak.pop("command", "distill")
     argv = tweak.pop("argv", [])
@@ -278,7 +266,7 @@ def test_bad_input_gives_one_clear_error_and_touches_nothing(name, setup, fragme
             config.write_text(tweak.pop("raw"))
         else:
             values.update(tweak)
-            config.write_text(yaml.safe_dump({k: v for k, v in values.items() if v is not None}))
+            write_run_config(config, values)
         full_argv = [command, *([] if tweak.get("no_config") else ["--config", str(config)]), *argv]
     try:
         code = main(full_argv)
@@ -288,7 +276,7 @@ def test_bad_input_gives_one_clear_error_and_touches_nothing(name, setup, fragme
         output_dir.chmod(0o755)
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
-    assert code not in (0, None), err
+    assert code == expected_code, err
     assert len(lines) == 1, err
     for fragment in fragments:
         assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
@@ -312,7 +300,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, capsys, 
 
     output_dir = tmp_path / "out"
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({**TINY_RUN, "output_dir": str(output_dir), "methods": {"ce": {}}, "max_steps": 2, "save_strategy": "steps", "save_steps": 1}))
+    write_run_config(config, tiny_run_config(output_dir, max_steps=2, save_strategy="steps", save_steps=1))
     real_save = safetensors.torch.save_file
     saved = []
 
@@ -324,7 +312,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, capsys, 
         return real_save(tensors, filename, *args, **kwargs)
 
     monkeypatch.setattr(safetensors.torch, "save_file", save_file)
-    assert main(["train-teacher", "--config", str(config)]) != 0
+    assert main(["train-teacher", "--config", str(config)]) == 1  # the run started and failed
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1, lines
     assert "No space left on device" in lines[0] and "checkpoint-2" in lines[0]
@@ -340,7 +328,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, capsys, 
 
 def test_bad_input_through_a_real_subprocess(tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({**TINY_RUN, "output_dir": str(tmp_path / "out"), "methods": {"kd": {"temperature": -1}}}))
+    write_run_config(config, tiny_run_config(tmp_path / "out", methods={"kd": {"temperature": -1}}))
     result = subprocess.run(
         [sys.executable, "-m", "hf_freqkd.cli", "distill", "--config", str(config)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False,

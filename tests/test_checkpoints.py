@@ -19,37 +19,32 @@ import torch
 from safetensors.torch import load_file
 
 from hf_freqkd.run import run
-from hf_freqkd.trainer import CHECKPOINT_STAGING_DIR
+from hf_freqkd.training import CHECKPOINT_STAGING_DIR
+
+from .helpers import tiny_run_config
 
 # A distillation with everything resume must restore: a method with trainable modules (fam), a
 # warm-up that is still ramping at the kill, a step LR decay, momentum, and random augmentation.
-RUN = {
-    "student_model": "resnet8",
-    "teacher_model": "resnet14",  # random teacher: resume exactness does not need a good one
-    "dataset": "digits",
-    "image_size": 16,
-    "augmentation": "crop_flip",
-    "max_train_samples": 48,  # 3 steps per epoch: checkpoints fall mid-epoch
-    "max_eval_samples": 32,
-    "methods": {"ce": {"weight": 1.0}, "fam": {"weight": 1.0}},
-    "distill_warmup_steps": 8,
-    "lr_decay_epochs": [2],
-    "lr_decay_rate": 0.1,
-    "per_device_train_batch_size": 16,
-    "optim": "sgd",
-    "optim_args": "momentum=0.9",
-    "learning_rate": 0.05,
-    "max_steps": 12,
-    "save_strategy": "steps",
-    "save_steps": 4,
-    "save_total_limit": 2,
-    "eval_strategy": "no",
-    "logging_steps": 4,
-    "report_to": "none",
-    "use_cpu": True,
-    "seed": 0,
-    "disable_tqdm": True,
-}
+RUN = tiny_run_config(
+    teacher_model="resnet14",  # random teacher: resume exactness does not need a good one
+    image_size=16,
+    augmentation="crop_flip",
+    max_train_samples=48,  # 3 steps per epoch: checkpoints fall mid-epoch
+    max_eval_samples=32,
+    methods={"ce": {"weight": 1.0}, "fam": {"weight": 1.0}},
+    distill_warmup_steps=8,
+    lr_decay_epochs=[2],
+    lr_decay_rate=0.1,
+    per_device_train_batch_size=16,
+    optim="sgd",
+    optim_args="momentum=0.9",
+    learning_rate=0.05,
+    max_steps=12,
+    save_strategy="steps",
+    save_steps=4,
+    save_total_limit=2,
+    logging_steps=4,
+)
 
 CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -161,11 +156,28 @@ def test_kill_while_saving_keeps_the_previous_checkpoint_and_resumes(tmp_path, u
 
 
 def test_resume_from_an_earlier_checkpoint_replaces_later_ones_whole(tmp_path, uninterrupted):
+    import json
     import shutil
+
+    from safetensors.torch import save_file
 
     output_dir = tmp_path / "run"
     shutil.copytree(uninterrupted, output_dir)
+    # Make the copied checkpoint-12 wrong in ways only a fresh save repairs: zeroed weights, a stray
+    # file, a trainer state from another step, and old timestamps.
+    later = output_dir / "checkpoint-12"
+    save_file({key: torch.zeros_like(value) for key, value in load_file(str(later / "model.safetensors")).items()}, str(later / "model.safetensors"))
+    (later / "stray.txt").write_text("left by an older run")
+    state = json.loads((later / "trainer_state.json").read_text())
+    (later / "trainer_state.json").write_text(json.dumps({**state, "global_step": 999}))
+    long_ago = 1_000_000_000
+    for file in later.iterdir():
+        os.utime(file, ns=(long_ago, long_ago))
+
     result = run("distill", defaults={**RUN, "output_dir": str(output_dir), "resume_from_checkpoint": str(output_dir / "checkpoint-8")})
     assert result.export_dir is not None
     assert sorted(p.name for p in output_dir.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-8"]
+    assert not (later / "stray.txt").exists()  # replaced whole, not merged into
+    assert json.loads((later / "trainer_state.json").read_text())["global_step"] == 12
+    assert all(file.stat().st_mtime_ns != long_ago for file in later.iterdir())
     assert_same_final_weights(output_dir, uninterrupted)

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from hf_freqkd.config import DistillationConfig, parse_config
+from hf_freqkd.errors import ConfigError, MethodOptionsError, MissingPathError
 from hf_freqkd.methods.registry import build_methods
 
 
@@ -186,3 +187,110 @@ def test_ce_not_added_when_listed():
 
 def test_ce_not_added_when_asked():
     assert [method.name for method in build_methods({"kd": {}}, add_ce=False)] == ["kd"]
+
+
+# ----------------------------------------------------------------------------------------------
+# One coercion rule for top-level keys and method options; errors of the library's own types
+
+
+def test_numbers_in_exponent_form_are_numbers_in_method_options_as_in_top_level_keys(tmp_path):
+    # YAML (1.1) reads 1e1 and 4e0 as strings: both places must still see numbers.
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"output_dir: {tmp_path / 'out'}\nper_device_train_batch_size: 4e0\nlearning_rate: 1e-2\n"
+        "methods: {kd: {temperature: 1e1, weight: 5e-1}, figkd: {levels: 2e0}}\n"
+    )
+    args, _, _ = parse_config(path)
+    assert args.per_device_train_batch_size == 4 and isinstance(args.per_device_train_batch_size, int)
+    assert args.learning_rate == pytest.approx(0.01)
+    kd, figkd = build_methods(args.methods, add_ce=False)
+    assert kd.options.temperature == 10.0 and kd.weight == 0.5
+    assert figkd.options.levels == 2 and isinstance(figkd.options.levels, int)
+
+
+def test_numbers_in_exponent_form_on_the_command_line(base_config):
+    args, _, _ = parse_config(base_config, ["methods.kd.temperature=1e1", "per_device_train_batch_size=8e0"])
+    assert build_methods(args.methods, add_ce=False)[0].options.temperature == 10.0
+    assert args.per_device_train_batch_size == 8
+
+
+@pytest.mark.parametrize(
+    "override, error_type",
+    [
+        (["learnig_rate=1e-3"], ConfigError),
+        (["per_device_train_batch_size=many"], ConfigError),
+        (["methods.kd.temp=2"], MethodOptionsError),
+        (["methods.kdd.weight=1"], MethodOptionsError),
+        (["methods.kd.temperature=hot"], MethodOptionsError),
+        (["learning_rate0.1"], ConfigError),
+    ],
+)
+def test_bad_values_raise_the_librarys_bad_input_errors(base_config, override, error_type):
+    with pytest.raises(error_type):
+        parse_config(base_config, override)
+
+
+def test_missing_config_file_is_a_missing_path_error(tmp_path):
+    with pytest.raises(MissingPathError):
+        parse_config(tmp_path / "nowhere.yaml")
+
+
+def test_training_arguments_own_checks_are_config_errors_in_one_line(base_config):
+    # TrainingArguments raises a plain ValueError for this; it is the user's config, so bad input.
+    with pytest.raises(ConfigError, match="load_best_model_at_end requires the saving steps") as error:
+        parse_config(
+            base_config,
+            ["eval_strategy=steps", "save_strategy=steps", "eval_steps=3", "save_steps=5", "load_best_model_at_end=true"],
+        )
+    assert "\n" not in str(error.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# bf16 without an accelerator: trained on the CPU in bf16 (use_cpu), as transformers supports
+
+
+def _pretend_accelerator(monkeypatch, present: bool, supports_bf16: bool) -> None:
+    import torch
+    import transformers.training_args
+    import transformers.utils
+
+    for module in (transformers.utils, transformers.training_args):
+        monkeypatch.setattr(module, "is_torch_bf16_gpu_available", lambda: supports_bf16)
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: present)
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda: torch.device("cuda") if present else None)
+
+
+def test_bf16_without_an_accelerator_trains_on_the_cpu(tmp_path, monkeypatch):
+    _pretend_accelerator(monkeypatch, present=False, supports_bf16=False)
+    args = DistillationConfig(output_dir=str(tmp_path), bf16=True, report_to="none")
+    assert args.use_cpu and args.bf16
+    assert args.device.type == "cpu"
+
+
+def test_bf16_on_an_accelerator_without_bf16_names_the_ways_out(tmp_path, monkeypatch):
+    _pretend_accelerator(monkeypatch, present=True, supports_bf16=False)
+    with pytest.raises(ConfigError, match="does not support bf16: set fp16=true .* or use_cpu=true"):
+        DistillationConfig(output_dir=str(tmp_path), bf16=True, report_to="none")
+
+
+def test_bf16_with_use_cpu_is_left_alone(tmp_path, monkeypatch):
+    _pretend_accelerator(monkeypatch, present=True, supports_bf16=False)
+    args = DistillationConfig(output_dir=str(tmp_path), bf16=True, use_cpu=True, report_to="none")
+    assert args.use_cpu and args.bf16
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("methods: [ce, kd]", {"ce": {}, "kd": {}}),
+        ("methods: 'ce, kd'", {"ce": {}, "kd": {}}),
+        ("lr_decay_epochs: 150", [150.0]),
+        ("lr_decay_epochs: [1.5e2, 18e1]", [150.0, 180.0]),
+    ],
+)
+def test_keys_parsed_by_their_dataclass_keep_every_form(tmp_path, text, expected):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"output_dir: {tmp_path / 'out'}\n{text}\n")
+    args, _, _ = parse_config(path)
+    key = text.split(":")[0]
+    assert getattr(args, key) == expected

@@ -139,3 +139,77 @@ def test_segmentation_card_has_the_segmentation_task_and_miou():
     results = {r.metric_type: (r.task_type, r.metric_value) for r in card.data.eval_results}
     assert results["mean_iou"] == ("image-segmentation", 0.6123) and "pixel_accuracy" in results
     assert "Segmentation network `segfpn_resnet8`" in card.text
+
+
+@pytest.mark.parametrize("dataset", ["digits", "shapes_segmentation", "fine_grained_synthetic"])
+def test_generated_sets_are_never_hub_dataset_ids(dataset):
+    record = {**RECORD, "config": {**RECORD["config"], "dataset": dataset, "dataset_config_name": "classes=16"}}
+    card = build_model_card(record, "timm")
+    assert card.data.datasets is None
+    # The body says what the set is and how to make it again.
+    assert f'generates offline, not a Hub dataset: `hf_freqkd.data.load_image_dataset("{dataset}", "classes=16")`' in card.text
+
+
+def test_a_card_holds_no_local_path(tmp_path):
+    import json
+
+    teacher = tmp_path / "runs" / "teacher" / "student"
+    teacher.mkdir(parents=True)
+    (teacher / "config.json").write_text(json.dumps({"architecture": "resnet20", "num_classes": 10}))
+    images = tmp_path / "data" / "my_images"
+    images.mkdir(parents=True)
+    config = {
+        **RECORD["config"],
+        "teacher_model": str(teacher),
+        "teacher_checkpoint": str(tmp_path / "ckpt" / "teacher.safetensors"),
+        "student_model": str(tmp_path / "gone" / "student"),  # a folder since moved: no architecture to read
+        "dataset": str(images),
+        "output_dir": str(tmp_path / "runs" / "kd"),
+    }
+    card = build_model_card({**RECORD, "config": config}, "timm")
+    text = str(card)
+    assert str(tmp_path) not in text and "/tmp" not in text
+    assert "distilled from the teacher `resnet20` with figkd on `my_images`" in text
+    assert "- Teacher: `resnet20` (weights: `teacher.safetensors`)" in text
+    assert "- Student: a local model" in text and "- Dataset: `my_images`: a local image folder" in text
+    assert card.data.base_model is None and card.data.datasets is None
+    assert card.data.eval_results[0].dataset_name == "my_images"
+
+
+def test_a_local_transformers_teacher_is_named_by_its_architecture(tmp_path):
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit", "architectures": ["ViTForImageClassification"]}))
+    record = {**RECORD, "config": {**RECORD["config"], "teacher_model": f"transformers:{tmp_path}"}}
+    assert "distilled from the teacher `ViTForImageClassification`" in build_model_card(record, "transformers").text
+
+
+def test_the_card_asks_the_run_task_for_tag_title_and_metrics():
+    from hf_freqkd.tasks import Task, base, register_task
+
+    class DepthTask(Task):
+        name = "depth_card_test"
+        pipeline_tag = "depth-estimation"
+        model_kind = "a depth network"
+        card_title = "Depth network"
+        card_metrics = {"abs_rel": ("abs_rel", "Absolute relative error")}
+        label_dims = 2
+        label_hint = "-"
+
+    register_task(DepthTask)
+    try:
+        record = {**RECORD, "config": {**RECORD["config"], "task": "depth_card_test"}, "metrics": {"eval_abs_rel": 0.12}}
+        card = build_model_card(record, "timm")
+    finally:
+        base._TASKS.pop("depth_card_test", None)
+    assert card.data.pipeline_tag == "depth-estimation" and "depth-estimation" in card.data.tags
+    assert [(r.task_type, r.metric_type, r.metric_value) for r in card.data.eval_results] == [("depth-estimation", "abs_rel", 0.12)]
+    assert "Depth network `resnet8` distilled" in card.text
+    # No transformers auto class for this task: the timm card offers timm alone.
+    assert "AutoModelForImageClassification" not in card.text
+
+
+def test_a_timm_classifier_card_shows_both_loaders():
+    text = build_model_card(RECORD, "timm").text
+    assert 'timm.create_model("hf-hub:<repo id>", pretrained=True)' in text
+    assert 'AutoModelForImageClassification.from_pretrained("<repo id or path>")' in text

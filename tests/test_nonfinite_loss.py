@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass, field
 
 import pytest
 import timm
@@ -15,7 +16,9 @@ from transformers import TrainerCallback
 import hf_freqkd  # noqa: F401  registers the CIFAR zoo
 from hf_freqkd import DistillationConfig, DistillationTrainer
 from hf_freqkd.data import load_digits_dataset, with_image_transform
-from hf_freqkd.trainer import NonFiniteLossError
+from hf_freqkd.methods import DistillationMethod, MethodOptions, register_method
+from hf_freqkd.methods.registry import _METHODS
+from hf_freqkd.training import NonFiniteLossError
 
 INPUT_8 = {"input_size": (3, 8, 8), "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear", "crop_pct": 1.0}
 
@@ -103,9 +106,48 @@ def test_stop_is_the_default_and_names_term_and_step(tmp_path, train_data):
     assert same_parameters(dict(trainer.model.state_dict()), snapshots.weights[1])
 
 
-def test_inf_is_named_too(tmp_path, train_data):
-    trainer, _ = make_trainer(tmp_path, train_data, TeacherGoingBad({1}, value=float("inf")), methods={"ce": {}, "dkd": {}})
-    with pytest.raises(NonFiniteLossError, match=r"loss terms 'loss_tckd' is nan, 'loss_nckd' is nan at step 1"):
+@dataclass
+class _InfiniteOptions(MethodOptions):
+    at_step: int = field(default=1, metadata={"help": "training forward at which the term is +inf (1-based)"})
+
+
+class _InfiniteAtStep(DistillationMethod):
+    """A term that overflows to +inf at one training forward, as a loss can in float32 or bf16."""
+
+    name = "_test_inf_at_step"
+    options_class = _InfiniteOptions
+    uses_teacher = False
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        self.calls = 0
+
+    def forward(self, student, teacher, labels):
+        self.calls += 1
+        value = student.logits.float().mean() * 0
+        return {"loss_test_inf": value + float("inf") if self.calls == self.options.at_step else value}
+
+
+@pytest.fixture
+def infinite_term():
+    register_method(_InfiniteAtStep)
+    yield _InfiniteAtStep
+    _METHODS.pop(_InfiniteAtStep.name, None)
+
+
+def test_inf_is_named_as_inf_next_to_nan(tmp_path, train_data, infinite_term):
+    # At step 1 the teacher's logits are NaN (so kd is NaN) and the test term is +inf: each is named with its kind.
+    trainer, snapshots = make_trainer(
+        tmp_path, train_data, TeacherGoingBad({1}), methods={"ce": {}, "kd": {}, infinite_term.name: {"at_step": 1}}
+    )
+    with pytest.raises(NonFiniteLossError, match=r"loss terms 'loss_kd' is nan, 'loss_test_inf' is inf at step 1; the run stopped"):
+        trainer.train()
+    assert len(snapshots.weights) == 1  # stopped before the first update
+
+
+def test_inf_alone_is_named_inf(tmp_path, train_data, infinite_term):
+    trainer, _ = make_trainer(tmp_path, train_data, TeacherGoingBad(set()), methods={"ce": {}, infinite_term.name: {"at_step": 2}})
+    with pytest.raises(NonFiniteLossError, match=r"loss term 'loss_test_inf' is inf at step 2; the run stopped"):
         trainer.train()
 
 
@@ -123,8 +165,10 @@ def test_skip_leaves_weights_and_optimizer_state_untouched_and_counts_the_step(t
     assert all(torch.isfinite(v).all() for v in snapshots.weights[3].values() if v.is_floating_point())
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert [entry.get("skipped_steps", 0) for entry in logs] == [0, 1, 1]
-    for entry in logs:
-        assert all(math.isfinite(value) for value in entry.values() if isinstance(value, float))  # no NaN logged
+    # The window of step 2 trained nothing: its loss is NaN (not the Trainer's 0.0), the others are finite.
+    assert math.isnan(logs[1]["loss"])
+    for entry in (logs[0], logs[2]):
+        assert all(math.isfinite(value) for value in entry.values() if isinstance(value, float))
         assert entry["grad_norm"] >= 0
 
 
@@ -140,7 +184,8 @@ def test_skip_with_gradient_accumulation_drops_the_whole_update(tmp_path, train_
     assert not same_parameters(snapshots.weights[2], snapshots.weights[1])
     assert trainer.skipped_steps == 1
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
-    assert all(math.isfinite(entry["grad_norm"]) and math.isfinite(entry["loss"]) for entry in logs)
+    assert all(math.isfinite(entry["grad_norm"]) for entry in logs)
+    assert math.isnan(logs[0]["loss"]) and math.isfinite(logs[1]["loss"])  # update 1 trained nothing
 
 
 def test_the_decision_follows_every_process(tmp_path, train_data, monkeypatch):

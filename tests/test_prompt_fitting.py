@@ -201,3 +201,29 @@ def test_fit_prompts_refuses_configs_without_prompts(tmp_path, capsys, methods, 
     config.write_text(yaml.safe_dump(values))
     assert main(["fit-prompts", "--config", str(config)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_stage_one_shares_the_frozen_teacher_and_the_nonfinite_guard(tmp_path, train_data):
+    from hf_freqkd import DistillationConfig
+    from hf_freqkd.models import FrozenTeacher
+    from hf_freqkd.training import NonFiniteLossError
+
+    teacher = tiny_teacher()
+    prompted = PromptedTeacher(teacher, FrequencyPrompts({"layer2": torch.zeros(4, 2, 48)}, trainable=True))
+    assert isinstance(prompted.teacher, FrozenTeacher) and prompted.teacher.pass_gradients
+    prompted.train()
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    prompted.remove_hooks()
+
+    def nan_loss(logits, labels):
+        return F.cross_entropy(logits.float(), labels) * float("nan")
+
+    options = FreeKDOptions(prompts_path=str(tmp_path / "p.safetensors"), teacher_layers=["layer2"], prompt_steps=2)
+    with pytest.raises(NonFiniteLossError, match="loss term 'task_loss' is nan at step 1"):
+        fit_prompts(tiny_teacher(), train_data, options, args=training_args(tmp_path), task_loss=nan_loss)
+    # nonfinite_loss: skip, from the distillation config: both updates skipped, the prompts as initialised.
+    args = DistillationConfig(output_dir=str(tmp_path / "skip"), use_cpu=True, report_to="none", disable_tqdm=True, seed=3,
+                              per_device_train_batch_size=8, logging_steps=1, nonfinite_loss="skip")
+    result = fit_prompts(tiny_teacher(), train_data, options, args=args, task_loss=nan_loss)
+    initial = initial_prompts(48, 2, 3, 0.01, torch.Generator().manual_seed(3))
+    assert result.steps == 2 and torch.equal(result.prompts["layer2"], initial)

@@ -24,6 +24,7 @@ from hf_freqkd import DistillationConfig, DistillationTrainer
 from hf_freqkd.cli import main
 from hf_freqkd.export import RUN_RECORD, export_student
 
+from .helpers import tiny_run_config
 from .hub_server import FAKE_USER, LoopbackHub
 
 FAKE_TOKEN = "hf_FAKEconfigTOKENvalue0123456789"
@@ -143,7 +144,7 @@ def test_push_to_an_unreachable_hub_keeps_the_export(finished_run, in_process_hu
     monkeypatch.setattr(constants, "ENDPOINT", closed)
     monkeypatch.setenv("HF_TOKEN", FAKE_ENV_TOKEN)
     before = snapshot(finished_run / "student")
-    assert main(["push", "--run", str(finished_run), "--repo-id", "me/x"]) == 2
+    assert main(["push", "--run", str(finished_run), "--repo-id", "me/x"]) == 3  # a failed upload, not bad input
     err = capsys.readouterr().err
     assert f"cannot reach the Hub at {closed}" in err and "the exported student stays in" in err
     assert len(err.strip().splitlines()) == 1 and FAKE_ENV_TOKEN not in err
@@ -153,7 +154,7 @@ def test_push_to_an_unreachable_hub_keeps_the_export(finished_run, in_process_hu
 def test_rejected_token_is_named(finished_run, in_process_hub, monkeypatch, capsys):
     in_process_hub.recorder.reject_token = True
     monkeypatch.setenv("HF_TOKEN", FAKE_ENV_TOKEN)
-    assert main(["push", "--run", str(finished_run), "--repo-id", "me/x"]) == 2
+    assert main(["push", "--run", str(finished_run), "--repo-id", "me/x"]) == 3
     err = capsys.readouterr().err
     assert "rejected the token (HTTP 401)" in err and len(err.strip().splitlines()) == 1 and FAKE_ENV_TOKEN not in err
 
@@ -193,25 +194,21 @@ def test_push_writes_a_missing_card_but_keeps_an_edited_one(finished_run, in_pro
 # ----------------------------------------------------------------------------------------------
 # push_to_hub in the config: the student alone, pushed once at the end; the token never on disk
 
-TINY_RUN = {
-    "student_model": "resnet8",
-    "teacher_model": "resnet14",
-    "methods": {"kd": {}, "fam": {}},
-    "dataset": "digits",
-    "image_size": 8,
-    "max_train_samples": 32,
-    "max_eval_samples": 32,
-    "per_device_train_batch_size": 16,
-    "per_device_eval_batch_size": 32,
-    "max_steps": 2,
-    "save_strategy": "steps",
-    "save_steps": 1,
-    "eval_strategy": "steps",
-    "eval_steps": 1,
-    "logging_steps": 1,
-    "use_cpu": True,
-    "disable_tqdm": True,
-}
+#: kd + fam from a resnet14 teacher, two steps, saved and evaluated at each.
+TINY_RUN = tiny_run_config(
+    teacher_model="resnet14",
+    methods={"kd": {}, "fam": {}},
+    max_train_samples=32,
+    max_eval_samples=32,
+    per_device_train_batch_size=16,
+    per_device_eval_batch_size=32,
+    max_steps=2,
+    save_strategy="steps",
+    save_steps=1,
+    eval_strategy="steps",
+    eval_steps=1,
+    logging_steps=1,
+)
 
 
 def test_run_pushes_the_student_once_and_never_writes_the_token(tmp_path):
@@ -266,6 +263,47 @@ def test_push_to_hub_without_token_stops_before_training(tmp_path, in_process_hu
     err = capsys.readouterr().err
     assert "push_to_hub is true but no Hugging Face token" in err and len(err.strip().splitlines()) == 1
     assert not output_dir.exists()
+
+
+@pytest.fixture
+def quiet_datasets():
+    """datasets' progress bars go to stderr; the test checks that stderr holds the error line alone."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    yield
+    datasets.enable_progress_bars()
+
+
+def test_upload_failing_after_a_finished_run_says_what_was_kept_and_how_to_push_again(
+    tmp_path, in_process_hub, monkeypatch, capsys, quiet_datasets
+):
+    output_dir = tmp_path / "out"
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {**TINY_RUN, "output_dir": str(output_dir), "push_to_hub": True, "hub_model_id": "me/kept", "report_to": "none"}
+        )
+    )
+    monkeypatch.setenv("HF_TOKEN", FAKE_ENV_TOKEN)
+    in_process_hub.recorder.reject_token = True
+    assert main(["distill", "--config", str(config)]) == 3  # not 2: nothing about the input was wrong
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    [line] = lines
+    assert line.startswith("hf-freqkd distill: error: training finished, but the Hub at")
+    assert "rejected the token (HTTP 401)" in line and FAKE_ENV_TOKEN not in line
+    assert f"the exported student stays in {output_dir / 'student'}" in line
+    assert f"also kept: the run record, checkpoint-1, checkpoint-2 in {output_dir}" in line
+    assert line.endswith(f"To push again: hf-freqkd push --run {output_dir} --repo-id me/kept")
+    # What the message says was kept is there, and the run is recorded as finished.
+    assert sorted(p.name for p in (output_dir / "student").iterdir()) == EXPORT_FILES
+    assert {"checkpoint-1", "checkpoint-2"} <= {p.name for p in output_dir.iterdir()}
+    assert json.loads((output_dir / RUN_RECORD).read_text())["status"] == "finished"
+    # The command it gives works once the Hub takes the token.
+    in_process_hub.recorder.reject_token = False
+    assert main(["push", "--run", str(output_dir), "--repo-id", "me/kept"]) == 0
+    assert sorted(in_process_hub.recorder.commits[-1].files) == EXPORT_FILES
 
 
 def test_trainer_push_to_hub_sends_the_student_not_the_distiller(tmp_path, in_process_hub):

@@ -72,3 +72,35 @@ def test_validation_fraction_holds_out_a_stratified_eval_split(tmp_path):
 
     with pytest.raises(ValueError, match="validation_fraction is set but the dataset already has the eval split 'test'"):
         prepare_run("teacher", defaults={**common, "dataset": "digits", "validation_fraction": 0.2})
+
+
+def test_run_data_comes_from_the_config_task(tmp_path):
+    """A task registered by a user's code is accepted in the config and formats the run's data."""
+    from hf_freqkd.config import parse_config
+    from hf_freqkd.run import load_run_data
+    from hf_freqkd.tasks import base, register_task
+    from hf_freqkd.tasks.classification import ClassificationTask
+
+    calls = []
+
+    @register_task
+    class CountingTask(ClassificationTask):
+        name = "counting_test_task"
+
+        def matches(self, model):
+            return False
+
+        def data_functions(self, train_data, data_args, num_classes=None):
+            calls.append((len(train_data), num_classes))
+            return super().data_functions(train_data, data_args, num_classes)
+
+    try:
+        args, model_args, data_args = parse_config(
+            None,
+            defaults={**FAST, "task": "counting_test_task", "num_classes": 10, "output_dir": str(tmp_path / "r")},
+        )
+        data = load_run_data(args, model_args, data_args)
+    finally:
+        base._TASKS.pop("counting_test_task", None)
+    assert calls == [(1347, 10)]  # the digits train split, before max_train_samples caps it
+    assert (data.image_column, data.label_column, data.num_classes) == ("image", "label", 10)

@@ -68,7 +68,7 @@ def test_a_mask_value_outside_the_classes_fails_before_training(tmp_path):
 
 def test_logit_methods_and_mismatched_tasks_are_refused(tmp_path):
     base = {**COMMON, "max_steps": 1, "output_dir": str(tmp_path / "r")}
-    with pytest.raises(ValueError, match=r"method\(s\) kd work on image-level logits \(B, K\) and do not support segmentation .* methods that do: ce, .*freekd"):
+    with pytest.raises(ValueError, match=r"method\(s\) kd do not apply to segmentation .* methods that do: ce, .*freekd"):
         prepare_run("distill", defaults={**base, "student_model": "segfpn_resnet8", "teacher_model": "segfpn_resnet20", "methods": {"ce": {}, "kd": {}}})
     with pytest.raises(ValueError, match="the student is an image classifier but the training rows hold a \\(H, W\\) mask as labels: use a segmentation network"):
         prepare_run("teacher", defaults={**base, "student_model": "resnet8"})

@@ -76,3 +76,12 @@ def test_spectrum_command_rejects_unknown_layers_and_wavelets(tmp_path, capsys):
     assert "layer 'layer9' does not exist" in capsys.readouterr().err
     assert main([*common, "--wavelet", "morlet"]) == 2
     assert "wavelet 'morlet'" in capsys.readouterr().err
+
+
+def test_a_segmentation_student_is_refused_with_the_reason(tmp_path):
+    from hf_freqkd.errors import ModelError
+    from hf_freqkd.spectrum import SpectrumInputs, compute_spectrum
+
+    inputs = SpectrumInputs(teacher="segfpn_resnet8", student="segfpn_resnet8", dataset="shapes_segmentation", output_dir=str(tmp_path))
+    with pytest.raises(ModelError, match="is a segmentation network .* the spectrum compares image-level logits"):
+        compute_spectrum(inputs)

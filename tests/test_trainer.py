@@ -3,6 +3,7 @@ method modules train and checkpoint, and bad setups fail before anything is writ
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -123,27 +124,73 @@ def test_evaluation_reports_plain_cross_entropy_and_topk(tmp_path, digits):
     assert metrics["eval_top5_accuracy"] == pytest.approx(top5)
 
 
-def test_loss_terms_are_logged_separately_and_sum_to_loss(tmp_path, digits):
-    args = config(tmp_path, methods={"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "temperature": 4.0}})
-    trainer = DistillationTrainer(
-        model=tiny_model("test_resnet", seed=7), teacher=tiny_model("test_resnet", seed=8), args=args, train_dataset=formatted(digits["train"], 32)
+def test_weighted_terms_reach_the_loss_and_only_distillation_warms_up(tmp_path, digits):
+    # Learning rate 0 and one batch of all 16 rows: every step computes the same raw terms, which the
+    # test computes itself from copies of the two networks. What changes from step to step is the
+    # warm-up factor, min(step / 4, 1), on kd alone: the ground-truth CE is never warmed up.
+    student, teacher = tiny_model("test_resnet", seed=7), tiny_model("test_resnet", seed=8)
+    reference_student, reference_teacher = copy.deepcopy(student).train(), copy.deepcopy(teacher).eval()
+    data = formatted(digits["train"], 16)
+    args = config(
+        tmp_path, per_device_train_batch_size=16, learning_rate=0.0, max_steps=6, distill_warmup_steps=4,
+        methods={"ce": {"weight": 0.3}, "kd": {"weight": 2.0, "temperature": 4.0}},
     )
+    trainer = DistillationTrainer(model=student, teacher=teacher, args=args, train_dataset=data)
     trainer.train()
+
+    pixels = torch.stack([row["pixel_values"] for row in data])
+    labels = torch.tensor([row["labels"] for row in data])
+    with torch.no_grad():
+        student_logits, teacher_logits = reference_student(pixels), reference_teacher(pixels)
+    raw_ce = F.cross_entropy(student_logits, labels).item()
+    # Hinton's KD written out: T^2 * KL(p_teacher || p_student) at T = 4, mean over the batch.
+    p_teacher = F.softmax(teacher_logits / 4, dim=1)
+    raw_kd = 16 * (p_teacher * (p_teacher.log() - F.log_softmax(student_logits / 4, dim=1))).sum(1).mean().item()
+
     logs = [entry for entry in trainer.state.log_history if "loss_kd" in entry]
-    assert len(logs) == 3
-    for entry in logs:
-        assert entry["loss_ce"] > 0 and entry["loss_kd"] > 0
-        assert entry["loss"] == pytest.approx(entry["loss_ce"] + entry["loss_kd"], rel=1e-3)
+    assert [entry["step"] for entry in logs] == [1, 2, 3, 4, 5, 6]
+    for entry, warmup in zip(logs, [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]):
+        assert entry["loss_ce"] == pytest.approx(0.3 * raw_ce, rel=1e-4, abs=2e-6), entry
+        assert entry["loss_kd"] == pytest.approx(2.0 * warmup * raw_kd, rel=1e-4, abs=2e-6), entry
+        assert entry["loss"] == pytest.approx(entry["loss_ce"] + entry["loss_kd"], rel=1e-4, abs=2e-6), entry
 
 
-def test_distillation_warmup_factor(tmp_path):
-    args = config(tmp_path, distill_warmup_steps=4)
-    trainer = DistillationTrainer(model=tiny_model("test_resnet", seed=0), teacher=tiny_model("test_resnet", seed=1), args=args)
-    factors = []
-    for step in range(6):
-        trainer.state.global_step = step
-        factors.append(trainer.distill_warmup_factor())
-    assert factors == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+@dataclass
+class _ConstantOptions(MethodOptions):
+    pass
+
+
+class _ConstantTerm(DistillationMethod):
+    """A distillation term that is always 1 before weighting: what is logged is weight x warm-up factor."""
+
+    name = "_test_constant_term"
+    options_class = _ConstantOptions
+    uses_teacher = False
+
+    def forward(self, student, teacher, labels):
+        return {"loss_constant": student.logits.float().sum() * 0 + 1.0}
+
+
+@pytest.fixture
+def constant_term():
+    register_method(_ConstantTerm)
+    yield _ConstantTerm
+    _METHODS.pop(_ConstantTerm.name, None)
+
+
+@pytest.mark.parametrize("warmup", [{"distill_warmup_steps": 4}, {"distill_warmup_epochs": 2.0}], ids=["steps", "epochs"])
+def test_warmup_factor_scales_the_distillation_term_at_each_step(tmp_path, digits, constant_term, warmup):
+    # 32 rows in batches of 8, two batches per update: 2 updates per epoch, so 2 epochs of warm-up
+    # are 4 updates, like distill_warmup_steps=4. The factor of update s is min(s / 4, 1).
+    args = config(
+        tmp_path, max_steps=6, gradient_accumulation_steps=2,
+        methods={"ce": {}, constant_term.name: {"weight": 0.5}}, **warmup,
+    )
+    trainer = DistillationTrainer(model=tiny_model("test_resnet", seed=0), args=args, train_dataset=formatted(digits["train"], 32))
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss_constant" in entry]
+    assert [entry["step"] for entry in logs] == [1, 2, 3, 4, 5, 6]
+    assert [entry["loss_constant"] for entry in logs] == pytest.approx([0.5 * f for f in (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)])
 
 
 def test_step_decay_of_the_learning_rate_at_epochs(tmp_path, digits):
@@ -270,3 +317,21 @@ def test_bf16_training_step_for_every_teacher_method(tmp_path, digits, method):
     assert logged and all(math.isfinite(value) for entry in logged for key, value in entry.items() if key.startswith("loss"))
     assert any(key.startswith("loss_") and key != "loss_ce" for key in logged[0])
     assert all(p.dtype == torch.float32 for p in trainer.accelerator.unwrap_model(trainer.model).parameters())
+
+
+def test_a_failed_build_leaves_the_callers_args_untouched(tmp_path, monkeypatch):
+    # The Hub is reachable in principle (no offline switch) and a token is given: push_to_hub is valid.
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    args = config(tmp_path, push_to_hub=True, hub_model_id="user/student", hub_token="hf_not_a_real_token")
+    import timm
+
+    with pytest.raises(ValueError, match="teacher has 100 classes"):
+        DistillationTrainer(model=tiny_model("test_resnet", seed=0), teacher=timm.create_model("test_resnet", num_classes=100), args=args)
+    assert (args.push_to_hub, args.hub_token) == (True, "hf_not_a_real_token")
+    # The user fixes the teacher and builds again with the same args: the push is still on.
+    trainer = DistillationTrainer(model=tiny_model("test_resnet", seed=0), teacher=tiny_model("test_resnet", seed=1), args=args)
+    assert trainer.hub_settings.push_to_hub and trainer.hub_settings.repo_id == "user/student"
+    assert trainer.hub_settings.token == "hf_not_a_real_token"
+    assert (args.push_to_hub, args.hub_token) == (False, None)  # out of the Trainer's hands once valid

@@ -9,12 +9,17 @@ import argparse
 def add_benchmark_parser(commands) -> argparse.ArgumentParser:
     benchmark = commands.add_parser("benchmark", help="quality (accuracy over seeds) and speed (step time, memory) benchmarks of every method")
     kinds = benchmark.add_subparsers(dest="benchmark", required=True)
-    quality = kinds.add_parser("quality", help="one teacher, every listed method on the same student, data, schedule and seeds")
+    quality = kinds.add_parser(
+        "quality", help="one teacher, every listed method (or variant of one) on the same student, data, schedule and seeds"
+    )
     quality.add_argument("--config", required=True, help="benchmark config (configs/bench/*.yaml)")
     quality.add_argument("--output-dir", help="results folder (default: the config's output_dir)")
     quality.add_argument(
         "overrides", nargs="*", metavar="key=value",
-        help="override a benchmark key, value parsed as YAML: seeds=[0], student.num_train_epochs=5, common.max_steps=3",
+        help=(
+            "override a benchmark key, value parsed as YAML: seeds=[0], student.num_train_epochs=5, common.max_steps=3; "
+            "results.md records them with the values they replaced"
+        ),
     )
     speed = kinds.add_parser("speed", help="step time and peak memory of every method as a multiple of student step + teacher forward")
     from .speed import METHODS, PAIRS

@@ -19,6 +19,21 @@ A benchmark config (``configs/bench/*.yaml``) holds::
 prompts gets its stage 1 (``fit-prompts``) run once, on the teacher, before its first seed; the
 benchmark sets ``methods.freekd.prompts_path``.
 
+A label is free text, so a sweep of one method's options is a list of labels, one row each in the
+table, CSV and chart (``configs/bench/figkd_ablation_digits.yaml``)::
+
+    "figkd levels=2": {ce: {}, figkd: {levels: 2}}
+    "figkd bands=low": {ce: {}, figkd: {bands: low}}
+
+The "top-1 vs ce" column compares each label with the first label whose methods are ``ce`` alone
+(the student trained without a teacher), whatever that label is called.
+
+``results.md`` records the command as run (``--output-dir`` and ``key=value`` overrides
+included). The config's ``description`` is prose written for the config's own settings; when
+overrides changed any of them, the table lists each changed key with the config's value and the
+value run (``student.num_train_epochs: 30 -> 5``) right under the description. With one seed a
+cell shows the value and ``(n=1)``: there is no standard deviation to report.
+
 Everything is validated before anything trains: unknown keys, unknown method names and bad
 options fail at once, naming the value. Each run's folder gets its resolved ``config.yaml``
 (``hf-freqkd distill --config <run>/config.yaml`` repeats it) and a ``bench_result.json``; a rerun
@@ -35,6 +50,7 @@ import difflib
 import json
 import math
 import re
+import shlex
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -44,12 +60,15 @@ from typing import Any
 import yaml
 
 from ..config import apply_overrides, parse_config, read_yaml_config
+from ..errors import ConfigError, MethodOptionsError, MissingPathError
 
 BENCH_KEYS = ("name", "description", "output_dir", "seeds", "common", "teacher", "student", "methods")
 #: methods drawn in colour in the chart (the frequency-domain ones); the rest are baselines
 FREQUENCY_METHODS = ("figkd", "fam", "fam_l2l", "freekd")
 RESULT_FILE = "bench_result.json"
 TEACHER_DIR = "teacher"
+#: the base method of every distillation; a label running it alone is the student-alone baseline
+BASELINE_METHOD = "ce"
 
 
 @dataclass
@@ -81,6 +100,15 @@ class BenchmarkConfig:
     methods: list[MethodRun]
     description: str = ""
     source: str | None = None
+    #: ``hf-freqkd benchmark quality`` arguments that produced this config, for results.md
+    command: list[str] = field(default_factory=list)
+    #: overridden key -> (the config file's value, the value run), only keys whose value changed
+    changed_by_overrides: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+    @property
+    def baseline(self) -> MethodRun | None:
+        """The first label that trains the student alone (``ce`` only): the reference of "top-1 vs ce"."""
+        return next((m for m in self.methods if m.method_names == [BASELINE_METHOD]), None)
 
     @property
     def teacher_model(self) -> str | None:
@@ -122,13 +150,41 @@ class BenchmarkConfig:
 
 def load_benchmark_config(path: str | Path, overrides: list[str] | None = None, output_dir: str | None = None) -> BenchmarkConfig:
     """Read, override (``seeds=[0]``, ``student.num_train_epochs=2``) and validate a benchmark config."""
-    values = read_yaml_config(path)
-    values = _apply_bench_overrides(values, overrides or [])
+    overrides = list(overrides or [])
+    written = read_yaml_config(path)
+    values = _apply_bench_overrides(written, overrides)
     if output_dir is not None:
         values["output_dir"] = output_dir
     config = benchmark_config_from_dict(values, source=str(path))
+    config.command = ["hf-freqkd", "benchmark", "quality", "--config", str(path)]
+    config.command += (["--output-dir", output_dir] if output_dir is not None else []) + overrides
+    config.changed_by_overrides = _changed_by_overrides(written, values, overrides)
     validate_runs(config)
     return config
+
+
+_NOT_SET = "(not set)"
+
+
+def _lookup(values: dict[str, Any], dotted_key: str) -> Any:
+    for part in dotted_key.split("."):
+        if not isinstance(values, dict) or part not in values:
+            return _NOT_SET
+        values = values[part]
+    return values
+
+
+def _changed_by_overrides(
+    written: dict[str, Any], run: dict[str, Any], overrides: list[str]
+) -> dict[str, tuple[Any, Any]]:
+    # Keyed as the user typed them (leading dashes dropped, as apply_overrides does); the last one wins.
+    changed = {}
+    for override in overrides:
+        key = override.partition("=")[0].strip().lstrip("-")
+        before, after = _lookup(written, key), _lookup(run, key)
+        if before != after:
+            changed[key] = (before, after)
+    return changed
 
 
 def _apply_bench_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -150,38 +206,38 @@ def benchmark_config_from_dict(values: dict[str, Any], source: str | None = None
     unknown = [key for key in values if key not in BENCH_KEYS]
     if unknown:
         hints = [f"'{k}'" + (f" (did you mean {', '.join(difflib.get_close_matches(k, BENCH_KEYS, n=2))}?)" if difflib.get_close_matches(k, BENCH_KEYS, n=2) else "") for k in unknown]
-        raise ValueError(f"{where}: unknown key {', '.join(hints)}; expected keys: {', '.join(BENCH_KEYS)}")
+        raise ConfigError(f"{where}: unknown key {', '.join(hints)}; expected keys: {', '.join(BENCH_KEYS)}")
     for key in ("output_dir", "methods", "student"):
         if not values.get(key):
-            raise ValueError(f"{where}: '{key}' is missing or empty")
+            raise ConfigError(f"{where}: '{key}' is missing or empty")
     seeds = values.get("seeds", [0, 1, 2])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-        raise ValueError(f"{where}: seeds = {seeds!r} is invalid: expected a non-empty list of integers >= 0")
+        raise ConfigError(f"{where}: seeds = {seeds!r} is invalid: expected a non-empty list of integers >= 0")
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"{where}: seeds = {seeds!r} lists a seed twice")
+        raise ConfigError(f"{where}: seeds = {seeds!r} lists a seed twice")
     sections = {}
     for key in ("common", "teacher", "student"):
         section = values.get(key) or {}
         if not isinstance(section, dict):
-            raise ValueError(f"{where}: '{key}' = {section!r} is invalid: expected a mapping of run config keys")
+            raise ConfigError(f"{where}: '{key}' = {section!r} is invalid: expected a mapping of run config keys")
         for reserved in ("output_dir", "seed", "methods", "teacher_model"):
             if reserved in section:
-                raise ValueError(f"{where}: '{key}.{reserved}' is set by the benchmark; remove it (see hf_freqkd/benchmark/quality.py)")
+                raise ConfigError(f"{where}: '{key}.{reserved}' is set by the benchmark; remove it (see hf_freqkd/benchmark/quality.py)")
         sections[key] = dict(section)
     teacher_keys = set(sections["teacher"]) - {"model"}
     if "model" in sections["teacher"] and teacher_keys:
-        raise ValueError(
+        raise ConfigError(
             f"{where}: teacher.model names an exported teacher, so the teacher is not trained; remove teacher.{', teacher.'.join(sorted(teacher_keys))}"
         )
     if "model" not in sections["teacher"] and "student_model" not in sections["teacher"]:
-        raise ValueError(f"{where}: set teacher.student_model (the architecture to train as teacher) or teacher.model (an exported teacher folder)")
+        raise ConfigError(f"{where}: set teacher.student_model (the architecture to train as teacher) or teacher.model (an exported teacher folder)")
     if not isinstance(values["methods"], dict):
-        raise ValueError(f"{where}: methods = {values['methods']!r} is invalid: expected a mapping of label -> methods")
+        raise ConfigError(f"{where}: methods = {values['methods']!r} is invalid: expected a mapping of label -> methods")
     methods, folders = [], {}
     for label, entry in values["methods"].items():
         method = _method_run(str(label), entry, where)
         if method.folder in folders:
-            raise ValueError(f"{where}: method labels '{folders[method.folder]}' and '{label}' map to the same folder name '{method.folder}'")
+            raise ConfigError(f"{where}: method labels '{folders[method.folder]}' and '{label}' map to the same folder name '{method.folder}'")
         folders[method.folder] = label
         methods.append(method)
     return BenchmarkConfig(
@@ -203,17 +259,17 @@ def _method_run(label: str, entry: Any, where: str) -> MethodRun:
     if entry is None or isinstance(entry, (list, str)):
         entry = {"methods": entry if entry is not None else {label: {}}}
     if not isinstance(entry, dict):
-        raise ValueError(f"{where}: methods.{label} = {entry!r} is invalid: expected a methods mapping or {{methods: ..., <run keys>}}")
+        raise ConfigError(f"{where}: methods.{label} = {entry!r} is invalid: expected a methods mapping or {{methods: ..., <run keys>}}")
     overrides = dict(entry) if "methods" in entry else {"methods": dict(entry)}
     try:
         overrides["methods"] = normalize_method_specs(overrides["methods"])
     except ValueError as error:
-        raise ValueError(f"{where}: methods.{label}: {error}") from None
+        raise MethodOptionsError(f"{where}: methods.{label}: {error}") from None
     if not overrides["methods"]:
-        raise ValueError(f"{where}: methods.{label} lists no method")
+        raise ConfigError(f"{where}: methods.{label} lists no method")
     for reserved in ("output_dir", "seed", "teacher_model"):
         if reserved in overrides:
-            raise ValueError(f"{where}: methods.{label}.{reserved} is set by the benchmark; remove it")
+            raise ConfigError(f"{where}: methods.{label}.{reserved} is set by the benchmark; remove it")
     folder = re.sub(r"[^A-Za-z0-9_.+-]+", "_", label).strip("_") or "method"
     return MethodRun(label=label, overrides=overrides, folder=folder)
 
@@ -226,9 +282,9 @@ def validate_runs(config: BenchmarkConfig) -> None:
         try:
             parse_config(None, None, defaults=values)
         except (ValueError, TypeError) as error:
-            raise ValueError(f"benchmark '{config.name}', {what}: {error}") from None
+            raise ConfigError(f"benchmark '{config.name}', {what}: {error}") from None
     if config.teacher_model and not Path(config.teacher_model).is_dir():
-        raise FileNotFoundError(f"teacher.model '{config.teacher_model}' is not a folder (expected an exported teacher, e.g. <run>/student)")
+        raise MissingPathError(f"teacher.model '{config.teacher_model}' is not a folder (expected an exported teacher, e.g. <run>/student)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,7 +313,7 @@ def _cached(folder: Path, values: dict[str, Any]) -> dict[str, Any] | None:
         return None
     record = json.loads(record_path.read_text())
     if record.get("config") != json.loads(json.dumps(values, default=str)):
-        raise ValueError(
+        raise ConfigError(
             f"'{folder}' holds the result of a run with a different config; remove it (or the benchmark's output_dir) to rerun"
         )
     return record
@@ -372,29 +428,32 @@ def _count_parameters(model_dir: Path) -> int:
 # Reporting
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def _mean_std(values: list[float]) -> tuple[float, float | None, int]:
+    """Mean, sample standard deviation and count of the finite values; the deviation is None for one value."""
     values = [v for v in values if not math.isnan(v)]
     if not values:
-        return float("nan"), float("nan")
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+        return float("nan"), None, 0
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None, len(values)
 
 
 def summarise(rows: list[dict[str, Any]], labels: list[str]) -> list[dict[str, Any]]:
-    """Per label: mean and sample standard deviation (n - 1) over seeds, in percent."""
+    """Per label: mean and sample standard deviation (n - 1; None for one seed) over seeds, in percent."""
     summary = []
     for label in labels:
         runs = [row for row in rows if row["method"] == label]
-        top1, top1_std = _mean_std([100 * r["top1"] for r in runs])
-        top5, top5_std = _mean_std([100 * r["top5"] for r in runs])
+        top1, top1_std, top1_n = _mean_std([100 * r["top1"] for r in runs])
+        top5, top5_std, top5_n = _mean_std([100 * r["top5"] for r in runs])
         summary.append(
             {
                 "method": label,
                 "runs": len(runs),
                 "top1_mean": top1,
                 "top1_std": top1_std,
+                "top1_n": top1_n,
                 "top1_values": [100 * r["top1"] for r in runs],
                 "top5_mean": top5,
                 "top5_std": top5_std,
+                "top5_n": top5_n,
                 "student_parameters": runs[0]["student_parameters"] if runs else 0,
                 "method_parameters": runs[0]["method_parameters"] if runs else 0,
                 "seconds_mean": statistics.mean(r["seconds"] for r in runs) if runs else float("nan"),
@@ -410,6 +469,16 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def _mean_std_cell(mean: float, std: float | None, count: int) -> str:
+    if count == 0:
+        return "n/a"
+    return f"{mean:.2f} (n=1)" if std is None else f"{mean:.2f} +- {std:.2f}"
+
+
+def _config_value(value: Any) -> str:
+    return value if value == _NOT_SET else json.dumps(value, default=str)
 
 
 def _parameters(count: int) -> str:
@@ -429,30 +498,42 @@ def markdown_report(
     ]
     if config.description:
         lines += [config.description.strip(), ""]
+    if config.changed_by_overrides:
+        # The description is the config's prose; say which of its settings this run replaced.
+        changed = config.changed_by_overrides.items()
+        changes = "; ".join(f"{key}: {_config_value(old)} -> {_config_value(new)}" for key, (old, new) in changed)
+        lines += [f"Overridden for this run (config value -> value run): {changes}.", ""]
     header = "| method | top-1 (%) |" + (" top-5 (%) |" if show_top5 else "") + " top-1 vs ce | student params | method params | wall time per run (s) |"
     lines += [header, "|---|---:|" + ("---:|" if show_top5 else "") + "---:|---:|---:|---:|"]
-    baseline = next((s["top1_mean"] for s in summary if s["method"] == "ce"), None)
+    baseline_label = config.baseline.label if config.baseline else None
+    baseline = next((s["top1_mean"] for s in summary if s["method"] == baseline_label), None)
     if not math.isnan(teacher["top1"]):
         cells = f"| teacher {teacher_name} | {100 * teacher['top1']:.2f} |" + (f" {100 * teacher['top5']:.2f} |" if show_top5 else "")
         lines.append(cells + f" | {_parameters(teacher['student_parameters'])} | | {teacher['seconds']:.0f} |")
     for s in summary:
-        delta = "" if baseline is None or s["method"] == "ce" else f"{s['top1_mean'] - baseline:+.2f}"
-        cells = f"| {s['method']} | {s['top1_mean']:.2f} +- {s['top1_std']:.2f} |"
+        delta = "" if baseline is None or s["method"] == baseline_label else f"{s['top1_mean'] - baseline:+.2f}"
+        cells = f"| {s['method']} | {_mean_std_cell(s['top1_mean'], s['top1_std'], s['top1_n'])} |"
         if show_top5:
-            cells += f" {s['top5_mean']:.2f} +- {s['top5_std']:.2f} |"
+            cells += f" {_mean_std_cell(s['top5_mean'], s['top5_std'], s['top5_n'])} |"
         cells += f" {delta} | {_parameters(s['student_parameters'])} | {_parameters(s['method_parameters'])} | {s['seconds_mean']:.0f} |"
         lines.append(cells)
+    if len(config.seeds) == 1:
+        spread = f"One run per method (seed {config.seeds[0]}) on the evaluation split, so no standard deviation (n=1)."
+    else:
+        spread = f"Mean +- sample standard deviation over {len(config.seeds)} seeds on the evaluation split."
     lines += [
         "",
         (
-            f"Mean +- sample standard deviation over {len(config.seeds)} seed(s) on the evaluation split. Method params: trainable "
+            f"{spread} Method params: trainable "
             "parameters a method adds (dropped at export). Wall time: one run's training and evaluation, "
             f"{torch.get_num_threads()} torch threads; total benchmark time {total_seconds / 60:.1f} min."
         ),
     ]
     for label, seconds in prompt_seconds.items():
         lines.append(f"{label}: FreeKD stage 1 (prompt fitting, once for all seeds) took {seconds:.0f} s more.")
-    if config.source:
+    if config.command:
+        lines.append(f"Command: `{shlex.join(config.command)}`")
+    elif config.source:
         lines.append(f"Command: `hf-freqkd benchmark quality --config {config.source}`")
     return "\n".join(lines)
 
@@ -471,11 +552,14 @@ def plot_results(summary, config: BenchmarkConfig, teacher: dict[str, Any], show
 
     metrics = [("top1", "top-1")] + ([("top5", "top-5")] if show_top5 else [])
     labels = [s["method"] for s in summary]
+    methods_of = {m.label: m.method_names for m in config.methods}
+    one_seed = len(config.seeds) == 1
+    spread = f"one seed ({config.seeds[0]}), no std" if one_seed else f"mean +- std over {len(config.seeds)} seeds"
     figure, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 0.5 * len(labels) + 1.8), squeeze=False)
     for axis, (key, title) in zip(axes[0], metrics):
         means = [s[f"{key}_mean"] for s in summary]
-        spreads = [s[f"{key}_std"] for s in summary]
-        colors = ["#1f77b4" if any(m in s["method"] for m in FREQUENCY_METHODS) else "#9a9a9a" for s in summary]
+        spreads = [s[f"{key}_std"] or 0.0 for s in summary]
+        colors = ["#1f77b4" if set(methods_of[s["method"]]) & set(FREQUENCY_METHODS) else "#9a9a9a" for s in summary]
         positions = list(range(len(labels)))
         axis.barh(positions, means, xerr=spreads, color=colors, capsize=4, alpha=0.85)
         if key == "top1":
@@ -485,13 +569,15 @@ def plot_results(summary, config: BenchmarkConfig, teacher: dict[str, Any], show
         if not math.isnan(teacher_value):
             axis.axvline(teacher_value, color="#d62728", linestyle="--", linewidth=1, label=f"teacher {teacher_value:.1f}")
             axis.legend(loc="lower right", fontsize=8)
-        axis.set_yticks(positions, labels)
+        # The panels share their rows: labels once, on the left, leave room for long variant names.
+        axis.set_yticks(positions, labels if key == "top1" else [])
         axis.invert_yaxis()
-        finite = [m - s for m, s in zip(means, spreads) if not math.isnan(m)]
-        upper = [m + s for m, s in zip(means, spreads) if not math.isnan(m)] + ([teacher_value] if not math.isnan(teacher_value) else [])
-        if finite:
-            axis.set_xlim(max(0.0, min(finite) - 5), min(100.0, max(upper) + 3))
-        axis.set_xlabel(f"{title} accuracy (%), mean +- std over {len(config.seeds)} seed(s)")
+        teacher_line = [] if math.isnan(teacher_value) else [teacher_value]  # in range even when below every student
+        lower = [m - s for m, s in zip(means, spreads) if not math.isnan(m)] + teacher_line
+        upper = [m + s for m, s in zip(means, spreads) if not math.isnan(m)] + teacher_line
+        if lower:
+            axis.set_xlim(max(0.0, min(lower) - 5), min(100.0, max(upper) + 3))
+        axis.set_xlabel(f"{title} accuracy (%), {spread}")
         axis.grid(axis="x", alpha=0.3)
     teacher_name = config.teacher.get("student_model") or _folder_name(config.teacher_model)
     figure.suptitle(f"{config.name}: {config.student.get('student_model', '')} distilled from {teacher_name}")

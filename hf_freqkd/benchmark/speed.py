@@ -4,9 +4,10 @@ of the limit "one student training step + one teacher no-grad forward" measured 
 Pairs (random images, batch 64 by default): CIFAR ResNet32x4 -> ResNet8x4 at 32 px, and a ViT pair
 (ViT-S -> ViT-Ti, patch 4 at 32 px: an 8 x 8 token grid), 100 classes.
 
-Time. :func:`hf_freqkd.speed.time_step`: the limit and the method's step (the real ``Distiller`` and
-method modules the trainer builds, SGD with momentum) alternate, so load from other processes hits
-both alike; the ratio of the medians is reported.
+Time. :func:`hf_freqkd.speed.time_step`, the one timing harness (``benchmarks/*.py`` use it too):
+the limit and the method's step (the ``Distiller``, method modules and frozen teacher that
+:func:`hf_freqkd.factory.build_distillation` builds for the trainer, SGD with momentum) alternate,
+so load from other processes hits both alike; the ratio of the medians is reported.
 
 Peak memory. Each measurement runs in a fresh Python process, so no earlier allocation is reused or
 counted: the process builds the models and the batch, records its resident set size (RSS), resets
@@ -166,12 +167,12 @@ def _freekd_prompts(pair: PairSpec, folder: Path) -> dict[str, Any]:
 
     from ..layers.frequency_prompts import save_prompts
     from ..methods.freekd import FreeKDOptions, resolve_teacher_layers
-    from ..models.features import BackboneInfo
+    from ..models.features import backbone_info
     from ..prompt_fitting import probe_channels
 
     _, teacher = _build(pair, 0)
     options = FreeKDOptions(masks="uniform")
-    layers = resolve_teacher_layers(options, BackboneInfo.of(teacher))
+    layers = resolve_teacher_layers(options, backbone_info(teacher))
     channels = probe_channels(teacher, layers, torch.zeros(1, 3, pair.image_size, pair.image_size))
     path = folder / "prompts.safetensors"
     generator = torch.Generator().manual_seed(0)

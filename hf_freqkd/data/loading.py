@@ -4,18 +4,31 @@
 offline, sized by ``dataset_config_name``; see :mod:`hf_freqkd.data.fine_grained`),
 ``shapes_segmentation`` (generated offline segmentation masks, likewise; see
 :mod:`hf_freqkd.data.shapes_segmentation`), a local image folder (``imagefolder``
-layout: one sub-folder per class), a ``.parquet`` file or folder, or a Hub dataset id. Images and
+layout: one sub-folder per class), a ``.parquet`` file, a folder in a Hub dataset's layout
+(``train-*.parquet`` / ``test-*.parquet``, ``data/<split>-*``, ``<split>/<class>/<image>``: split by
+``datasets`` as it splits the Hub repo), or a Hub dataset id. Images and
 labels are turned into ``pixel_values`` / ``labels`` by a ``datasets`` transform applied on access,
 with the input size and normalisation read from the student model.
 """
 
 from __future__ import annotations
 
-import os
+import difflib
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError, DataError
+from ..sources import (
+    hub_offline_message,
+    hub_unreachable_message,
+    is_hub_offline,
+    is_hub_repo_id,
+    local_path,
+    looks_like_path,
+    missing_path_error,
+)
 from .digits import DIGITS_NAME, load_digits_dataset
 from .fine_grained import FINE_GRAINED_NAME, load_fine_grained_dataset, parse_fine_grained_config
 from .seeding import ROW_INDEX_COLUMN, SeededAugmentation, with_row_index
@@ -24,65 +37,117 @@ from .shapes_segmentation import SHAPES_SEGMENTATION_NAME, load_shapes_segmentat
 IMAGE_COLUMN_NAMES = ("image", "img", "jpg", "png", "picture")
 LABEL_COLUMN_NAMES = ("label", "labels", "fine_label", "target", "class", "category")
 AUGMENTATIONS = ("crop_flip", "crop", "timm", "none")
+#: data sets generated offline by name (no files, no Hub)
+GENERATED_DATASETS = (DIGITS_NAME, SHAPES_SEGMENTATION_NAME, FINE_GRAINED_NAME)
+_FILES_AND_FOLDERS = "a local image folder (<folder>/<class>/<image>), a .parquet file or folder"
+LOCAL_DATASET_SOURCES = f"{_FILES_AND_FOLDERS}, or a generated set ({', '.join(GENERATED_DATASETS)})"
+DATASET_SOURCES = f"{_FILES_AND_FOLDERS}, a generated set ({', '.join(GENERATED_DATASETS)}) or a Hub dataset id (ORG/NAME)"
 
 
 def load_image_dataset(dataset: str, config_name: str | None = None, trust_remote_code: bool = False):
-    """Return a ``datasets.DatasetDict`` for the dataset named by ``dataset``."""
-    import datasets
+    """Return a ``datasets.DatasetDict`` for the dataset named by ``dataset``.
 
+    A local name is told from a Hub id before anything is downloaded (see :mod:`hf_freqkd.sources`):
+    a mistyped folder is reported as missing, with near names, instead of being looked up on the Hub.
+    """
     if dataset == DIGITS_NAME:
         return load_digits_dataset()
     if dataset == FINE_GRAINED_NAME:
         return load_fine_grained_dataset(**vars(parse_fine_grained_config(config_name)))
     if dataset == SHAPES_SEGMENTATION_NAME:
         return load_shapes_segmentation(**parse_shapes_config(config_name))
-    path = Path(dataset)
-    if path.is_file() and path.suffix == ".parquet" or path.is_dir() and any(path.glob("**/*.parquet")):
-        files = str(path) if path.is_file() else str(path / "**" / "*.parquet")
-        _check_parquet_has_rows(path, dataset)
-        return datasets.load_dataset("parquet", data_files={"train": files})
-    if path.is_dir():
-        try:
-            return datasets.load_dataset("imagefolder", data_dir=str(path))
-        except datasets.data_files.EmptyDatasetError:
-            raise ValueError(
-                f"dataset folder '{dataset}' holds no image files: expected the imagefolder layout "
-                "<folder>/<split>/<class>/<image> (or <folder>/<class>/<image>)"
-            ) from None
-    if os.path.exists(dataset):
-        raise ValueError(f"dataset '{dataset}' is a file but not a .parquet file; expected a folder, a .parquet file, 'digits' or a Hub id")
-    # A Hub id is ORG/NAME: anything shaped like a path is a local folder or file that is missing.
-    if dataset.startswith(("/", ".", "~")) or dataset.count("/") > 1 or os.sep != "/" and os.sep in dataset:
-        raise FileNotFoundError(
-            f"dataset '{dataset}' does not exist: expected 'digits', a local image folder, a .parquet file or a Hub id (ORG/NAME)"
-        )
+    if not isinstance(dataset, str) or not dataset:
+        raise DataError(f"dataset {dataset!r} is invalid: expected {DATASET_SOURCES}")
+    path = local_path(dataset)
+    if path.exists():
+        return _load_local_dataset(path, dataset, config_name)
+    # A near name of a generated set ('digit') is a typo, not a Hub repo without an organisation.
+    near_generated = difflib.get_close_matches(dataset, GENERATED_DATASETS, n=1, cutoff=0.6)
+    if looks_like_path(dataset) or not is_hub_repo_id(dataset) or near_generated:
+        raise missing_path_error("dataset", dataset, DATASET_SOURCES, known_names=GENERATED_DATASETS)
+    return _load_hub_dataset(dataset, config_name, trust_remote_code)
+
+
+def _load_local_dataset(path: Path, dataset: str, config_name: str | None):
+    """A ``.parquet`` file, or a folder loaded the way ``datasets`` loads a Hub repo of the same layout."""
+    import datasets
+
+    if path.is_file():
+        if path.suffix != ".parquet":
+            raise DataError(f"dataset '{dataset}' is a file but not a .parquet file; expected {DATASET_SOURCES}")
+        _check_parquet_has_rows([path], dataset)
+        return datasets.load_dataset("parquet", data_files={"train": str(path)})
+    parquet_files = sorted(path.glob("**/*.parquet"))
+    if parquet_files:
+        _check_parquet_has_rows(parquet_files, dataset)
     try:
-        return datasets.load_dataset(dataset, config_name, trust_remote_code=trust_remote_code)
-    except (FileNotFoundError, ConnectionError) as error:
-        reason = " ".join(str(error).split())
-        raise ValueError(
-            f"dataset '{dataset}' could not be loaded ({reason}): check the Hub id, or give a local image folder or .parquet file"
+        # datasets' own inference, as for a Hub id: the README's configs, else splits from file and folder
+        # names (train-*.parquet / test-*.parquet, data/validation-00000-of-00001.parquet, train/<class>/...),
+        # the builder (parquet, imagefolder, ...) from the most common file type.
+        return datasets.load_dataset(str(path), config_name)
+    except datasets.data_files.EmptyDatasetError:
+        raise DataError(
+            f"dataset folder '{dataset}' holds no image files: expected the imagefolder layout "
+            "<folder>/<split>/<class>/<image> (or <folder>/<class>/<image>), or .parquet files"
         ) from None
 
 
-def _check_parquet_has_rows(path: Path, dataset: str) -> None:
+def _load_hub_dataset(dataset: str, config_name: str | None, trust_remote_code: bool):
+    import datasets
+
+    instead = f"give {LOCAL_DATASET_SOURCES}"
+    unreachable = hub_unreachable_message("dataset", dataset, instead)
+    if unreachable:
+        raise DataError(unreachable)
+    try:
+        return datasets.load_dataset(dataset, config_name, trust_remote_code=trust_remote_code)
+    except (FileNotFoundError, ConnectionError) as error:
+        if is_hub_offline():
+            raise DataError(hub_offline_message("dataset", dataset, instead)) from None
+        reason = " ".join(str(error).split())
+        raise DataError(
+            f"dataset '{dataset}' is not a local path and could not be loaded from the Hub ({reason}): "
+            f"check the Hub id, or {instead}"
+        ) from None
+
+
+def _check_parquet_has_rows(files: Sequence[Path], dataset: str) -> None:
     """datasets reports an empty parquet file as 'Instruction "train" corresponds to no data!'."""
     import pyarrow.parquet as pq
 
-    files = [path] if path.is_file() else sorted(path.glob("**/*.parquet"))
     try:
         rows = sum(pq.ParquetFile(file).metadata.num_rows for file in files)
     except Exception as error:  # noqa: BLE001 - any reader failure means "not a parquet file"
-        raise ValueError(f"dataset '{dataset}' could not be read as parquet ({error}); check the file") from None
+        raise DataError(f"dataset '{dataset}' could not be read as parquet ({error}); check the file") from None
     if rows == 0:
-        raise ValueError(f"dataset '{dataset}' is empty: its parquet file(s) hold no rows; point dataset at data with images")
+        raise DataError(f"dataset '{dataset}' is empty: its parquet file(s) hold no rows; point dataset at data with images")
+
+
+def seeded_subset(dataset, max_samples: int | None, seed: int, label_column: str | None = None):
+    """At most ``max_samples`` rows drawn at random with ``seed`` (``max_train_samples`` / ``max_eval_samples``).
+
+    Not the first N rows: an image folder's rows come sorted by class, so those would hold only the
+    first classes. As in the transformers example scripts, the rows are shuffled with the seed, then
+    cut. When ``label_column`` is a ``ClassLabel`` the draw is stratified (datasets' stratified split),
+    so every class keeps its share; a plain shuffle is used when a class is too rare for that (one row,
+    or fewer rows kept or left out than there are classes). Without a cap the dataset is returned as is.
+    """
+    import datasets
+
+    if not max_samples or max_samples >= len(dataset):
+        return dataset
+    if label_column is not None and isinstance(dataset.features.get(label_column), datasets.ClassLabel):
+        class_counts = Counter(dataset[label_column])
+        if min(class_counts.values()) >= 2 and len(class_counts) <= min(max_samples, len(dataset) - max_samples):
+            return dataset.train_test_split(train_size=max_samples, seed=seed, stratify_by_column=label_column)["train"]
+    return dataset.shuffle(seed=seed).select(range(max_samples))
 
 
 def pick_split(splits: Sequence[str], wanted: str | None, role: str, candidates: Sequence[str]) -> str | None:
     """The split to use for ``role`` (train / eval): the one asked for, else the first candidate present."""
     if wanted is not None:
         if wanted not in splits:
-            raise ValueError(f"{role} split '{wanted}' does not exist; the dataset has splits: {', '.join(splits)}")
+            raise ConfigError(f"{role} split '{wanted}' does not exist; the dataset has splits: {', '.join(splits)}")
         return wanted
     return next((name for name in candidates if name in splits), None)
 
@@ -95,19 +160,19 @@ def detect_columns(dataset, image_column: str | None = None, label_column: str |
     columns = list(features)
     for role, chosen in (("image", image_column), ("label", label_column)):
         if chosen is not None and chosen not in features:
-            raise ValueError(f"{role} column '{chosen}' is not in the dataset; its columns are: {', '.join(columns)}")
+            raise ConfigError(f"{role} column '{chosen}' is not in the dataset; its columns are: {', '.join(columns)}")
     if image_column is None:
         image_column = next((c for c in columns if isinstance(features[c], datasets.Image)), None) or next(
             (c for c in IMAGE_COLUMN_NAMES if c in features), None
         )
         if image_column is None:
-            raise ValueError(f"no image column found; the dataset's columns are: {', '.join(columns)}. Set image_column.")
+            raise DataError(f"no image column found; the dataset's columns are: {', '.join(columns)}. Set image_column.")
     if label_column is None:
         label_column = next((c for c in columns if isinstance(features[c], datasets.ClassLabel)), None) or next(
             (c for c in LABEL_COLUMN_NAMES if c in features), None
         )
         if label_column is None:
-            raise ValueError(f"no label column found; the dataset's columns are: {', '.join(columns)}. Set label_column.")
+            raise DataError(f"no label column found; the dataset's columns are: {', '.join(columns)}. Set label_column.")
     return image_column, label_column
 
 
@@ -121,15 +186,16 @@ def count_classes(dataset, label_column: str) -> int:
     labels = dataset.unique(label_column)
     bad = [label for label in labels if not isinstance(label, int) or label < 0]
     if bad:
-        raise ValueError(f"label column '{label_column}' holds {bad[:5]!r}: expected integers >= 0 (or a ClassLabel feature)")
+        raise DataError(f"label column '{label_column}' holds {bad[:5]!r}: expected integers >= 0 (or a ClassLabel feature)")
     return max(labels) + 1
 
 
 def check_labels_in_range(dataset, label_column: str, num_classes: int, split: str) -> None:
-    labels = dataset.unique(label_column)
+    # Not dataset.unique(): on a subset (an indices mapping) it first rewrites every selected row, images included.
+    labels = set(dataset[label_column])
     outside = sorted(label for label in labels if not 0 <= label < num_classes)
     if outside:
-        raise ValueError(
+        raise DataError(
             f"{split} split: labels {outside[:5]} lie outside the model's {num_classes} classes (0..{num_classes - 1}); "
             f"set num_classes to at least {max(outside) + 1} (or leave it unset), or remove those rows"
         )
@@ -146,7 +212,7 @@ def build_image_transform(input_config: dict[str, Any], training: bool, augmenta
     from torchvision import transforms
 
     if augmentation not in AUGMENTATIONS:
-        raise ValueError(f"augmentation '{augmentation}' is unknown; expected one of {', '.join(AUGMENTATIONS)}")
+        raise ConfigError(f"augmentation '{augmentation}' is unknown; expected one of {', '.join(AUGMENTATIONS)}")
     channels, height, width = input_config["input_size"]
     common = dict(
         input_size=input_config["input_size"],
@@ -188,7 +254,7 @@ class ImageClassificationTransform:
             return self.image_feature.decode_example(image)
         except Exception as error:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError...
             source = image.get("path") or "an in-memory image"
-            raise ValueError(
+            raise DataError(
                 f"image '{source}' could not be read ({error}): the file is truncated or not an image; remove or replace it"
             ) from None
 

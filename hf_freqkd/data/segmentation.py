@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import ConfigError, DataError
 from .loading import AUGMENTATIONS, IMAGE_COLUMN_NAMES
 
 MASK_COLUMN_NAMES = ("annotation", "mask", "masks", "segmentation", "semantic_map", "seg_map", "label", "labels", "gt")
@@ -37,25 +38,25 @@ def detect_mask_columns(dataset, image_column: str | None = None, mask_column: s
     columns = list(features)
     for role, chosen in (("image", image_column), ("mask", mask_column)):
         if chosen is not None and chosen not in features:
-            raise ValueError(f"{role} column '{chosen}' is not in the dataset; its columns are: {', '.join(columns)}")
+            raise DataError(f"{role} column '{chosen}' is not in the dataset; its columns are: {', '.join(columns)}")
     image_typed = [c for c in columns if isinstance(features[c], datasets.Image)]
     if image_column is None:
         named = [c for c in IMAGE_COLUMN_NAMES if c in features and c != mask_column]
         typed = [c for c in image_typed if c != mask_column and c not in MASK_COLUMN_NAMES]
         image_column = next(iter(named + typed), None)
         if image_column is None:
-            raise ValueError(f"no image column found; the dataset's columns are: {', '.join(columns)}. Set image_column.")
+            raise DataError(f"no image column found; the dataset's columns are: {', '.join(columns)}. Set image_column.")
     if mask_column is None:
         named = [c for c in MASK_COLUMN_NAMES if c in features and c != image_column]
         others = [c for c in image_typed if c != image_column]
         mask_column = next(iter(named + others), None)
         if mask_column is None:
-            raise ValueError(
+            raise DataError(
                 f"no mask column found; the dataset's columns are: {', '.join(columns)}. "
                 "Set mask_column to the column holding the class-id masks."
             )
     if image_column == mask_column:
-        raise ValueError(f"image_column and mask_column are both '{image_column}': the masks must be a column of their own")
+        raise DataError(f"image_column and mask_column are both '{image_column}': the masks must be a column of their own")
     return image_column, mask_column
 
 
@@ -63,13 +64,13 @@ def mask_array(mask: Any, column: str = "mask") -> np.ndarray:
     """A mask (PIL image of mode L / P / I / I;16, array or nested list) as a 2-D integer array."""
     mode = getattr(mask, "mode", None)
     if mode is not None and mode not in ("L", "P", "I", "I;16", "1"):
-        raise ValueError(
+        raise DataError(
             f"mask column '{column}' holds {mode} images: expected single-channel class-id masks "
             "(mode L, P or I), not colour-coded ones"
         )
     values = np.asarray(mask)
     if values.ndim != 2 or not (np.issubdtype(values.dtype, np.integer) or values.dtype == bool):
-        raise ValueError(f"mask column '{column}' holds values of shape {values.shape} and type {values.dtype}: expected 2-D integer class ids")
+        raise DataError(f"mask column '{column}' holds values of shape {values.shape} and type {values.dtype}: expected 2-D integer class ids")
     return values
 
 
@@ -105,9 +106,9 @@ def count_mask_classes(dataset, mask_column: str, ignore_index: int = 255, reduc
     labels = encode_labels(raw, ignore_index, reduce_labels)
     labelled = labels[labels != IGNORE_LABEL]
     if labelled.size == 0:
-        raise ValueError(f"every pixel of mask column '{mask_column}' is ignored (values {raw.tolist()[:5]}, ignore_index = {ignore_index})")
+        raise DataError(f"every pixel of mask column '{mask_column}' is ignored (values {raw.tolist()[:5]}, ignore_index = {ignore_index})")
     if labelled.min() < 0:
-        raise ValueError(f"mask column '{mask_column}' holds negative values {sorted(set(raw[labels < 0].tolist()) - {ignore_index})[:5]}: expected class ids >= 0")
+        raise DataError(f"mask column '{mask_column}' holds negative values {sorted(set(raw[labels < 0].tolist()) - {ignore_index})[:5]}: expected class ids >= 0")
     return int(labelled.max()) + 1
 
 
@@ -120,7 +121,7 @@ def check_mask_labels_in_range(
     bad = raw[(labels != IGNORE_LABEL) & ((labels < 0) | (labels >= num_classes))]
     if bad.size:
         shift = " after reduce_labels (value v is class v - 1, 0 is ignored)" if reduce_labels else ""
-        raise ValueError(
+        raise DataError(
             f"{split} split: mask column '{mask_column}' holds values {bad.tolist()[:5]} that are neither class ids of the "
             f"model's {num_classes} classes (0..{num_classes - 1}){shift} nor the ignore_index {ignore_index}; "
             "set num_classes or ignore_index to match the dataset"
@@ -138,7 +139,7 @@ def build_segmentation_transform(input_config: dict[str, Any], training: bool, a
     from torchvision.transforms import InterpolationMode, v2
 
     if augmentation not in AUGMENTATIONS:
-        raise ValueError(f"augmentation '{augmentation}' is unknown; expected one of {', '.join(AUGMENTATIONS)}")
+        raise ConfigError(f"augmentation '{augmentation}' is unknown; expected one of {', '.join(AUGMENTATIONS)}")
     _, height, width = input_config["input_size"]
     interpolation = InterpolationMode(input_config.get("interpolation", "bilinear"))
     if training and augmentation == "timm":

@@ -4,7 +4,8 @@ To add a method: write ``hf_freqkd/methods/<name>.py`` with a :class:`Distillati
 decorated by :func:`register_method`, and import it below.
 """
 
-from .base import DistillationMethod, FeatureRequest, MethodOptions, ModelOutputs, describe_options
+from ..types import FeatureRequest, LogitsAndFeatures
+from .base import DistillationMethod, MethodOptions, describe_options
 from .registry import available_methods, build_methods, get_method_class, normalize_method_specs, register_method
 
 # Registration happens on import; keep one line per method file.
@@ -16,8 +17,8 @@ from . import fam  # noqa: E402,F401  isort:skip
 __all__ = [
     "DistillationMethod",
     "FeatureRequest",
+    "LogitsAndFeatures",
     "MethodOptions",
-    "ModelOutputs",
     "available_methods",
     "build_methods",
     "describe_options",

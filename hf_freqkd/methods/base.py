@@ -20,29 +20,12 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from ..models.features import BackboneInfo
-
-
-@dataclass
-class ModelOutputs:
-    """What one forward pass of a student or teacher produces."""
-
-    logits: torch.Tensor
-    features: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class FeatureRequest:
-    """Names of the intermediate features a method reads from student and teacher."""
-
-    student: tuple[str, ...] = ()
-    teacher: tuple[str, ...] = ()
+from ..types import BackboneInfo, FeatureRequest, LogitsAndFeatures
 
 
 @dataclass
@@ -58,9 +41,11 @@ class MethodOptions:
 
 
 def require(condition: bool, option: str, value: Any, expected: str) -> None:
-    """Raise a ``ValueError`` naming the option, the bad value and what was expected."""
+    """Raise a :class:`~hf_freqkd.errors.MethodOptionsError` naming the option, the bad value and what was expected."""
+    from ..errors import MethodOptionsError
+
     if not condition:
-        raise ValueError(f"option '{option}' = {value!r} is invalid: expected {expected}")
+        raise MethodOptionsError(f"option '{option}' = {value!r} is invalid: expected {expected}")
 
 
 def in_dtype_of(tensor: torch.Tensor, module: nn.Module) -> torch.Tensor:
@@ -97,9 +82,10 @@ class DistillationMethod(nn.Module):
     uses_teacher: ClassVar[bool] = True
     #: False for the ground-truth term, which is never scaled by the distillation warm-up.
     warms_up: ClassVar[bool] = True
-    #: True for methods that also work on segmentation networks: per-pixel logits (B, K, H, W) and
-    #: labels (B, H, W) with -100 where ignored. Logit methods written for (B, K) logits leave it False.
-    supports_segmentation: ClassVar[bool] = False
+    #: The tasks (hf_freqkd.tasks) this method applies to. Segmentation means per-pixel logits
+    #: (B, K, H, W) and labels (B, H, W) with -100 where ignored; logit methods written for (B, K)
+    #: logits list classification only.
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
 
     def __init__(self, options: MethodOptions | None = None):
         super().__init__()
@@ -109,7 +95,7 @@ class DistillationMethod(nn.Module):
     def weight(self) -> float:
         return self.options.weight
 
-    def feature_request(self, student: "BackboneInfo", teacher: "BackboneInfo | None") -> FeatureRequest:
+    def feature_request(self, student: BackboneInfo, teacher: BackboneInfo | None) -> FeatureRequest:
         """Named features this method needs, chosen from what the two networks offer.
 
         Called once, before :meth:`build`. ``student.stage_layers`` / ``teacher.stage_layers`` are
@@ -131,7 +117,7 @@ class DistillationMethod(nn.Module):
         """
 
     def forward(
-        self, student: ModelOutputs, teacher: ModelOutputs | None, labels: torch.Tensor
+        self, student: LogitsAndFeatures, teacher: LogitsAndFeatures | None, labels: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
@@ -141,11 +127,19 @@ class DistillationMethod(nn.Module):
 
 
 def options_from_dict(options_class: type[MethodOptions], values: dict[str, Any], method: str) -> MethodOptions:
-    """Build ``options_class`` from a plain dict, rejecting unknown names and wrong types early."""
+    """Build ``options_class`` from a plain dict, rejecting unknown names and wrong types early.
+
+    Values are converted by :func:`hf_freqkd.coercion.coerce`, the rule the top-level config keys
+    follow too (``temperature: 1e1`` is the number 10 here as ``learning_rate: 1e-3`` is there).
+    Raises :class:`~hf_freqkd.errors.MethodOptionsError`.
+    """
+    from ..coercion import coerce
+    from ..errors import MethodOptionsError
+
     fields = {f.name: f for f in dataclasses.fields(options_class) if f.init}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ValueError(
+        raise MethodOptionsError(
             f"method '{method}' has no option {', '.join(map(repr, unknown))}; "
             f"valid options: {', '.join(sorted(fields))}"
         )
@@ -153,62 +147,13 @@ def options_from_dict(options_class: type[MethodOptions], values: dict[str, Any]
     coerced = {}
     for name, value in values.items():
         try:
-            coerced[name] = _coerce(value, hints[name])
+            coerced[name] = coerce(value, hints[name])
         except TypeError as error:
-            raise ValueError(f"method '{method}' option '{name}' = {value!r} is invalid: {error}") from None
+            raise MethodOptionsError(f"method '{method}' option '{name}' = {value!r} is invalid: {error}") from None
     try:
         return options_class(**coerced)
-    except ValueError as error:
-        raise ValueError(f"method '{method}': {error}") from None
-
-
-def _coerce(value: Any, annotation: Any) -> Any:
-    """Check ``value`` against a simple type annotation; ints are accepted where floats are."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg)
-            except TypeError as error:
-                errors.append(str(error))
-        raise TypeError(" or ".join(errors))
-    if origin is Literal:
-        if value not in args:
-            raise TypeError(f"expected one of {', '.join(map(repr, args))}")
-        return value
-    if origin in (list, tuple):
-        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            raise TypeError(f"expected a list, got {type(value).__name__}")
-        item_type = args[0] if args else Any
-        items = [_coerce(item, item_type) for item in value]
-        return tuple(items) if origin is tuple else items
-    if annotation is Any:
-        return value
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"expected a number, got {type(value).__name__}")
-        return float(value)
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"expected an integer, got {type(value).__name__}")
-        return value
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise TypeError(f"expected true or false, got {type(value).__name__}")
-        return value
-    if annotation is str:
-        if not isinstance(value, str):
-            raise TypeError(f"expected a string, got {type(value).__name__}")
-        return value
-    if isinstance(annotation, type) and not isinstance(value, annotation):
-        raise TypeError(f"expected {annotation.__name__}, got {type(value).__name__}")
-    return value
+    except (ValueError, TypeError) as error:  # a custom method's own checks may raise either
+        raise MethodOptionsError(f"method '{method}': {error}") from None
 
 
 def describe_options(options_class: type[MethodOptions]) -> list[tuple[str, str, str, str]]:

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .base import DistillationMethod, MethodOptions, ModelOutputs, require
+from ..types import LogitsAndFeatures
+from .base import DistillationMethod, MethodOptions, require
 from .registry import register_method
 
 
@@ -29,12 +30,13 @@ class CEOptions(MethodOptions):
 @register_method
 class CrossEntropy(DistillationMethod):
     name = "ce"
+    description = "Cross-entropy with the labels: the student trained alone; every run keeps this term."
     options_class = CEOptions
     uses_teacher = False
     warms_up = False
     # cross_entropy takes (B, K, H, W) logits with (B, H, W) labels and skips the -100 (ignored) pixels.
-    supports_segmentation = True
+    tasks = ("classification", "segmentation")
 
-    def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, student: LogitsAndFeatures, teacher: LogitsAndFeatures | None, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         loss = F.cross_entropy(student.logits.float(), labels, label_smoothing=self.options.label_smoothing)
         return {"loss_ce": loss}

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .base import DistillationMethod, MethodOptions, ModelOutputs, require, require_temperature, require_weight
+from ..types import LogitsAndFeatures
+from .base import DistillationMethod, MethodOptions, require, require_temperature, require_weight
 from .registry import register_method
 
 
@@ -68,11 +69,12 @@ def decoupled_kd_terms(
 @register_method
 class DKD(DistillationMethod):
     name = "dkd"
+    description = "Decoupled KD: target-class and non-target-class KL weighted apart (CVPR 2022)."
     options_class = DKDOptions
 
     def build(self, student_shapes, teacher_shapes, num_classes: int) -> None:
         require(num_classes >= 2, "num_classes", num_classes, "at least 2 classes for a target / non-target split")
 
-    def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, student: LogitsAndFeatures, teacher: LogitsAndFeatures | None, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         tckd, nckd = decoupled_kd_terms(student.logits, teacher.logits.detach(), labels, self.options.temperature)
         return {"loss_tckd": self.options.alpha * tckd.mean(), "loss_nckd": self.options.beta * nckd.mean()}

@@ -72,7 +72,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers.frequency_attention import FrequencyAttention, LocalSelfAttention, SingleValueSafeBatchNorm2d
-from .base import DistillationMethod, FeatureRequest, MethodOptions, ModelOutputs, in_dtype_of, require
+from ..models.pairing import pair_layers
+from ..types import FeatureRequest, LogitsAndFeatures
+from .base import DistillationMethod, MethodOptions, in_dtype_of, require
 from .registry import register_method
 
 logger = logging.getLogger(__name__)
@@ -244,8 +246,6 @@ class _FrequencyAttentionDistillation(DistillationMethod):
     loss_name = "loss_fam"
 
     def feature_request(self, student, teacher) -> FeatureRequest:
-        from ..models.pairing import pair_layers  # here: hf_freqkd.models imports this package
-
         options = self.options
         #: (student layer, teacher layer) from shallow to deep
         self.pairs = pair_layers(student, teacher, options.student_layers, options.teacher_layers, method=self.name)
@@ -277,11 +277,11 @@ class _FrequencyAttentionDistillation(DistillationMethod):
         feature = feature.detach().float()
         return F.relu(feature) if self.options.teacher_relu else feature
 
-    def stage_outputs(self, student: ModelOutputs, teacher: ModelOutputs) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def stage_outputs(self, student: LogitsAndFeatures, teacher: LogitsAndFeatures) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``(module output, teacher target)`` per distilled stage, shallow to deep."""
         raise NotImplementedError
 
-    def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, student: LogitsAndFeatures, teacher: LogitsAndFeatures | None, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         pairs = self.stage_outputs(student, teacher)
         loss = torch.stack([F.mse_loss(output.float(), target) for output, target in pairs]).sum()
         return {self.loss_name: loss}
@@ -290,6 +290,7 @@ class _FrequencyAttentionDistillation(DistillationMethod):
 @register_method
 class FrequencyAttentionReview(_FrequencyAttentionDistillation):
     name = "fam"
+    description = "FAM-KD knowledge review: fused student stages, frequency attention, MSE to the teacher's."
     options_class = FAMReviewOptions
     loss_name = "loss_fam"
 
@@ -340,13 +341,13 @@ class FrequencyAttentionReview(_FrequencyAttentionDistillation):
             )
         return shape[1]
 
-    def _pooled(self, outputs: ModelOutputs, layer: str | None, deepest: torch.Tensor) -> torch.Tensor:
+    def _pooled(self, outputs: LogitsAndFeatures, layer: str | None, deepest: torch.Tensor) -> torch.Tensor:
         if layer is None:
             return deepest.mean((2, 3), keepdim=True)
         feature = outputs.features[layer]
         return feature.reshape(*feature.shape[:2], 1, 1)
 
-    def stage_outputs(self, student: ModelOutputs, teacher: ModelOutputs) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def stage_outputs(self, student: LogitsAndFeatures, teacher: LogitsAndFeatures) -> list[tuple[torch.Tensor, torch.Tensor]]:
         options = self.options
         inputs = [in_dtype_of(student.features[s], self.stages) for s, _ in self.pairs]
         targets = [self.teacher_target(teacher.features[t]) for _, t in self.pairs]
@@ -366,6 +367,7 @@ class FrequencyAttentionReview(_FrequencyAttentionDistillation):
 @register_method
 class FrequencyAttentionLayerToLayer(_FrequencyAttentionDistillation):
     name = "fam_l2l"
+    description = "FAM-KD layer to layer: each student stage through frequency attention, MSE to its teacher pair."
     options_class = FAMLayerOptions
     loss_name = "loss_fam_l2l"
 
@@ -380,7 +382,7 @@ class FrequencyAttentionLayerToLayer(_FrequencyAttentionDistillation):
         )
         self._log_stages([f"{s} {tuple(student_shapes[s][1:])} -> {t} {tuple(teacher_shapes[t][1:])}" for s, t in self.pairs])
 
-    def stage_outputs(self, student: ModelOutputs, teacher: ModelOutputs) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def stage_outputs(self, student: LogitsAndFeatures, teacher: LogitsAndFeatures) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [
             (stage(in_dtype_of(student.features[s], stage)), self.teacher_target(teacher.features[t]))
             for stage, (s, t) in zip(self.stages, self.pairs)

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from ..frequency import wavelet1d
-from .base import DistillationMethod, MethodOptions, ModelOutputs, require, require_temperature
+from ..types import LogitsAndFeatures
+from .base import DistillationMethod, MethodOptions, require, require_temperature
 from .kd import kl_divergence_with_temperature
 from .registry import register_method
 
@@ -96,6 +97,7 @@ class FiGKDOptions(MethodOptions):
 @register_method
 class FiGKD(DistillationMethod):
     name = "figkd"
+    description = "FiGKD: KL on the high-frequency (wavelet detail) part of the logits only (2025)."
     options_class = FiGKDOptions
 
     def build(self, student_shapes, teacher_shapes, num_classes: int) -> None:
@@ -130,7 +132,7 @@ class FiGKD(DistillationMethod):
         order = wavelet1d.band_order(self.options.levels)
         return torch.cat([c for band, c in zip(order, coefficients) if band in self.bands], dim=-1)
 
-    def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, student: LogitsAndFeatures, teacher: LogitsAndFeatures | None, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         student_logits, teacher_logits = student.logits.float(), teacher.logits.float()
         if self.options.class_order == "teacher_sorted":
             # Adjacent positions then hold classes the teacher finds similar.

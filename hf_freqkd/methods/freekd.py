@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Optional
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -46,11 +46,10 @@ from ..layers.frequency_prompts import (
     masked_band_l1,
     pair_channel_weights,
 )
-from .base import DistillationMethod, FeatureRequest, MethodOptions, ModelOutputs, in_dtype_of, require, require_weight
+from ..models.pairing import evenly_spaced, pair_layers
+from ..types import BackboneInfo, FeatureRequest, LogitsAndFeatures
+from .base import DistillationMethod, MethodOptions, in_dtype_of, require, require_weight
 from .registry import register_method
-
-if TYPE_CHECKING:
-    from ..models.features import BackboneInfo
 
 
 @dataclass
@@ -150,7 +149,7 @@ class FreeKDOptions(MethodOptions):
         require(self.dissimilarity in DISSIMILARITIES, "dissimilarity", self.dissimilarity, f"one of {', '.join(DISSIMILARITIES)}")
 
 
-def resolve_teacher_layers(options: FreeKDOptions, teacher: "BackboneInfo") -> list[str]:
+def resolve_teacher_layers(options: FreeKDOptions, teacher: BackboneInfo) -> list[str]:
     """The teacher layers FreeKD distils (and stage 1 prompts): explicit, or the deepest stage(s)."""
     if options.teacher_layers:
         return list(options.teacher_layers)
@@ -158,18 +157,14 @@ def resolve_teacher_layers(options: FreeKDOptions, teacher: "BackboneInfo") -> l
     return _deepest(teacher, count, "teacher")
 
 
-def resolve_layer_pairs(options: FreeKDOptions, student: "BackboneInfo", teacher: "BackboneInfo") -> list[tuple[str, str]]:
+def resolve_layer_pairs(options: FreeKDOptions, student: BackboneInfo, teacher: BackboneInfo) -> list[tuple[str, str]]:
     """``[(student_layer, teacher_layer), ...]``, shallow to deep."""
-    from ..models.pairing import pair_layers  # here: hf_freqkd.models imports this package
-
     teacher_layers = resolve_teacher_layers(options, teacher)
     student_layers = list(options.student_layers) if options.student_layers else _deepest(student, len(teacher_layers), "student")
     return pair_layers(student, teacher, student_layers, teacher_layers, method="freekd")
 
 
-def _deepest(info: "BackboneInfo", count: int, role: str) -> list[str]:
-    from ..models.pairing import evenly_spaced
-
+def _deepest(info: BackboneInfo, count: int, role: str) -> list[str]:
     if not info.stage_layers:
         raise ValueError(f"freekd: the {role} exposes no stage layers; set {role}_layers to module names")
     try:
@@ -181,15 +176,16 @@ def _deepest(info: "BackboneInfo", count: int, role: str) -> list[str]:
 @register_method
 class FreeKD(DistillationMethod):
     name = "freekd"
+    description = "FreeKD: L1 on feature wavelet bands, masked by prompts fitted on the teacher (CVPR 2024)."
     options_class = FreeKDOptions
     # Backbone features only: the same loss for classifiers and segmentation networks.
-    supports_segmentation = True
+    tasks = ("classification", "segmentation")
 
     def __init__(self, options: FreeKDOptions | None = None):
         super().__init__(options)
         self.pairs: list[tuple[str, str]] = []
 
-    def feature_request(self, student: "BackboneInfo", teacher: "BackboneInfo | None") -> FeatureRequest:
+    def feature_request(self, student: BackboneInfo, teacher: BackboneInfo | None) -> FeatureRequest:
         if teacher is None:
             raise ValueError("freekd needs a teacher")
         self.pairs = resolve_layer_pairs(self.options, student, teacher)
@@ -251,7 +247,7 @@ class FreeKD(DistillationMethod):
                 )
         return FrequencyPrompts({layer: file.prompts[layer] for layer in channels}, trainable=False)
 
-    def aligned_features(self, student: ModelOutputs, teacher: ModelOutputs) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def aligned_features(self, student: LogitsAndFeatures, teacher: LogitsAndFeatures) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per pair, (student map resized to the teacher's grid and adapted to its width, teacher map)."""
         aligned = []
         for adapter, (student_layer, teacher_layer) in zip(self.adapters, self.pairs):
@@ -272,7 +268,7 @@ class FreeKD(DistillationMethod):
         with torch.no_grad():
             return band_masks(self.prompts.prompt(teacher_layer), teacher_bands)
 
-    def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, student: LogitsAndFeatures, teacher: LogitsAndFeatures | None, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         options = self.options
         aligned = self.aligned_features(student, teacher)
         band_terms, mse_terms = [], []

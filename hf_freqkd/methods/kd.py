@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .base import DistillationMethod, MethodOptions, ModelOutputs, require_temperature
+from ..types import LogitsAndFeatures
+from .base import DistillationMethod, MethodOptions, require_temperature
 from .registry import register_method
 
 
@@ -37,7 +38,8 @@ def kl_divergence_with_temperature(student_logits: torch.Tensor, teacher_logits:
 @register_method
 class KnowledgeDistillation(DistillationMethod):
     name = "kd"
+    description = "Hinton KD: KL between temperature-softened teacher and student probabilities (2015)."
     options_class = KDOptions
 
-    def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, student: LogitsAndFeatures, teacher: LogitsAndFeatures | None, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"loss_kd": kl_divergence_with_temperature(student.logits, teacher.logits, self.options.temperature)}

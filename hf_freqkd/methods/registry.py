@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
+import sys
 from collections.abc import Mapping
 from typing import Any
 
+from ..errors import MethodOptionsError
 from .base import DistillationMethod, options_from_dict
 
 _METHODS: dict[str, type[DistillationMethod]] = {}
@@ -27,9 +30,21 @@ def available_methods() -> dict[str, type[DistillationMethod]]:
 
 
 def get_method_class(name: str) -> type[DistillationMethod]:
+    """The class registered as ``name``; an unknown name is refused with the closest registered ones."""
     if name not in _METHODS:
-        raise ValueError(f"unknown method '{name}'; registered methods: {', '.join(sorted(_METHODS))}")
+        close = difflib.get_close_matches(name, list(_METHODS), n=3, cutoff=0.6)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise MethodOptionsError(f"unknown method '{name}'{hint}; registered methods: {', '.join(sorted(_METHODS))}")
     return _METHODS[name]
+
+
+def method_description(cls: type[DistillationMethod]) -> str:
+    """One line saying what the method does: its ``description``, else the first line of its class
+    docstring, else of its module's docstring (for methods written before ``description`` existed)."""
+    for text in (getattr(cls, "description", None), cls.__doc__, sys.modules[cls.__module__].__doc__):
+        if isinstance(text, str) and text.strip():
+            return text.strip().splitlines()[0].removeprefix(f"``{cls.name}``: ")
+    return cls.__name__
 
 
 def normalize_method_specs(methods: Any) -> dict[str, dict[str, Any]]:
@@ -53,19 +68,19 @@ def normalize_method_specs(methods: Any) -> dict[str, dict[str, Any]]:
                 entry = dict(entry)
                 items.append((entry.pop("name"), entry))
             else:
-                raise ValueError(f"method entry {entry!r} is invalid: expected a name or a mapping with a 'name' key")
+                raise MethodOptionsError(f"method entry {entry!r} is invalid: expected a name or a mapping with a 'name' key")
     else:
-        raise ValueError(f"methods = {methods!r} is invalid: expected a mapping of method name to options")
+        raise MethodOptionsError(f"methods = {methods!r} is invalid: expected a mapping of method name to options")
     specs: dict[str, dict[str, Any]] = {}
     for name, options in items:
         if not isinstance(name, str):
-            raise ValueError(f"method name {name!r} is invalid: expected a string")
+            raise MethodOptionsError(f"method name {name!r} is invalid: expected a string")
         if options is None:
             options = {}
         if not isinstance(options, Mapping):
-            raise ValueError(f"options of method '{name}' = {options!r} are invalid: expected a mapping")
+            raise MethodOptionsError(f"options of method '{name}' = {options!r} are invalid: expected a mapping")
         if name in specs:
-            raise ValueError(f"method '{name}' is listed twice")
+            raise MethodOptionsError(f"method '{name}' is listed twice")
         get_method_class(name)
         specs[name] = dict(options)
     return specs

@@ -2,13 +2,15 @@
 
 from . import cifar  # noqa: F401  registers the CIFAR distillation zoo in timm
 from . import segmentation  # noqa: F401  registers the segfpn segmentation networks in timm
-from .features import BackboneInfo, FeatureExtractor, FrozenTeacher, default_feature_layers
+from ..types import BackboneInfo
+from .features import FeatureExtractor, FrozenTeacher, backbone_info, default_feature_layers
 from .loading import load_checkpoint, load_model, model_num_classes, read_state_dict, resolve_input_config
 
 __all__ = [
     "BackboneInfo",
     "FeatureExtractor",
     "FrozenTeacher",
+    "backbone_info",
     "default_feature_layers",
     "load_checkpoint",
     "load_model",

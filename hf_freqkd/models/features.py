@@ -8,80 +8,50 @@ captured with forward hooks, so the features always come from the same pass as t
 Feature methods work on maps ``(B, C, H, W)``. ViT-family token features ``(B, N, C)`` are turned
 into maps by dropping the class and register tokens and laying the patch tokens on their grid;
 SAM-style blocks that keep ``(B, H, W, C)`` are permuted. :class:`BackboneInfo` records what that
-takes (prefix tokens, patch size, layout) for each model.
+takes (prefix tokens, patch size, layout) for each model; :func:`backbone_info` reads it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from ..methods.base import ModelOutputs
+from ..errors import ModelError
+from ..types import BackboneInfo, LogitsAndFeatures
 from .loading import is_transformers_model
 
 HIDDEN_STATES = "hidden_states."
 
 
-@dataclass(frozen=True)
-class BackboneInfo:
-    """What feature methods need to know about a network, read from the model itself."""
-
-    #: default feature layers: timm ``feature_info`` stages or transformers ``hidden_states.<i>``
-    stage_layers: tuple[str, ...]
-    #: class + register tokens ahead of the patch tokens in token features (0 for CNNs)
-    num_prefix_tokens: int = 0
-    #: patch size of a ViT (token grid = input size / patch size); None for CNNs
-    patch_size: tuple[int, int] | None = None
-    #: "tokens" for (B, N, C) ViT features, "channels_last" for (B, H, W, C) blocks, "maps" for (B, C, H, W)
-    layout: str = "maps"
-
-    @classmethod
-    def of(cls, model: nn.Module) -> "BackboneInfo":
-        stages = tuple(default_feature_layers(model))
-        backbone = getattr(model, "feature_backbone", None)
-        if isinstance(backbone, str):
-            # A segmentation network (hf_freqkd.models.segmentation): its stages are its backbone's,
-            # in the backbone's layout; its feature_info already names them "<backbone>.<stage>".
-            return dataclasses.replace(cls.of(model.get_submodule(backbone)), stage_layers=stages)
-        if is_transformers_model(model):
-            config = model.config
-            patch = getattr(config, "patch_size", None)
-            if patch is None:
-                return cls(stages)
-            prefix = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
-            if type(model).__name__.startswith(("Swin", "ConvNext", "ResNet")):
-                return cls(stages)
-            patch = tuple(patch) if isinstance(patch, (tuple, list)) else (patch, patch)
-            return cls(stages, num_prefix_tokens=prefix, patch_size=patch, layout="tokens")
-        patch_embed = getattr(model, "patch_embed", None)
-        if patch_embed is None or not hasattr(patch_embed, "patch_size"):
-            return cls(stages)
-        patch = tuple(patch_embed.patch_size)
-        # timm's SAM image encoder keeps its blocks in (B, H, W, C); its ViTs use (B, N, C) tokens.
-        layout = "channels_last" if type(model).__name__ == "VisionTransformerSAM" else "tokens"
-        return cls(stages, num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 0)), patch_size=patch, layout=layout)
-
-    def to_map(self, feature: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
-        """``feature`` as a ``(B, C, H, W)`` map; ``input_size`` is the image's (H, W)."""
-        if self.layout == "maps" or feature.dim() == 4 and self.layout == "tokens":
-            return feature
-        if self.layout == "channels_last":
-            return feature.permute(0, 3, 1, 2) if feature.dim() == 4 else feature
-        if feature.dim() != 3:
-            return feature
-        grid_h, grid_w = input_size[0] // self.patch_size[0], input_size[1] // self.patch_size[1]
-        patches = feature[:, self.num_prefix_tokens:, :]
-        if patches.shape[1] != grid_h * grid_w:
-            raise ValueError(
-                f"cannot lay {patches.shape[1]} patch tokens on a {grid_h}x{grid_w} grid "
-                f"(input {input_size}, patch {self.patch_size}, {self.num_prefix_tokens} prefix tokens dropped)"
-            )
-        return patches.transpose(1, 2).reshape(feature.shape[0], feature.shape[2], grid_h, grid_w)
+def backbone_info(model: nn.Module) -> BackboneInfo:
+    """What feature methods need to know about ``model`` (stage layers, token layout), read from it."""
+    stages = tuple(default_feature_layers(model))
+    backbone = getattr(model, "feature_backbone", None)
+    if isinstance(backbone, str):
+        # A segmentation network (hf_freqkd.models.segmentation): its stages are its backbone's,
+        # in the backbone's layout; its feature_info already names them "<backbone>.<stage>".
+        return dataclasses.replace(backbone_info(model.get_submodule(backbone)), stage_layers=stages)
+    if is_transformers_model(model):
+        config = model.config
+        patch = getattr(config, "patch_size", None)
+        if patch is None:
+            return BackboneInfo(stages)
+        prefix = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
+        if type(model).__name__.startswith(("Swin", "ConvNext", "ResNet")):
+            return BackboneInfo(stages)
+        patch = tuple(patch) if isinstance(patch, (tuple, list)) else (patch, patch)
+        return BackboneInfo(stages, num_prefix_tokens=prefix, patch_size=patch, layout="tokens")
+    patch_embed = getattr(model, "patch_embed", None)
+    if patch_embed is None or not hasattr(patch_embed, "patch_size"):
+        return BackboneInfo(stages)
+    patch = tuple(patch_embed.patch_size)
+    # timm's SAM image encoder keeps its blocks in (B, H, W, C); its ViTs use (B, N, C) tokens.
+    layout = "channels_last" if type(model).__name__ == "VisionTransformerSAM" else "tokens"
+    return BackboneInfo(stages, num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 0)), patch_size=patch, layout=layout)
 
 
 def default_feature_layers(model: nn.Module) -> list[str]:
@@ -99,13 +69,13 @@ def default_feature_layers(model: nn.Module) -> list[str]:
 
 
 class FeatureExtractor(nn.Module):
-    """Wrap a classifier so that ``forward(pixel_values)`` returns :class:`ModelOutputs`."""
+    """Wrap a classifier so that ``forward(pixel_values)`` returns :class:`LogitsAndFeatures`."""
 
     def __init__(self, model: nn.Module, layers: Sequence[str] = (), as_maps: bool = True):
         super().__init__()
         self.model = model
         self.is_transformers = is_transformers_model(model)
-        self.info = BackboneInfo.of(model)
+        self.info = backbone_info(model)
         #: return every feature as a (B, C, H, W) map (see BackboneInfo.to_map)
         self.as_maps = as_maps
         self.layers = tuple(dict.fromkeys(layers))
@@ -117,7 +87,7 @@ class FeatureExtractor(nn.Module):
                 self._check_hidden_state_index(name)
                 continue
             if name not in known:
-                raise ValueError(
+                raise ModelError(
                     f"layer '{name}' does not exist in {type(model).__name__}; "
                     f"stage layers: {', '.join(default_feature_layers(model)) or 'none'}; "
                     f"top-level modules: {', '.join(n for n, _ in model.named_children())}"
@@ -128,7 +98,13 @@ class FeatureExtractor(nn.Module):
         index = name[len(HIDDEN_STATES):]
         depth = len(default_feature_layers(self.model))
         if not index.isdigit() or int(index) > depth:
-            raise ValueError(f"layer '{name}' does not exist: {type(self.model).__name__} has hidden_states.0 .. hidden_states.{depth}")
+            raise ModelError(f"layer '{name}' does not exist: {type(self.model).__name__} has hidden_states.0 .. hidden_states.{depth}")
+
+    def remove_hooks(self) -> None:
+        """Detach the feature hooks, giving the wrapped model back unchanged (for a one-off probe)."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
 
     def _capture_hook(self, name: str):
         def hook(module: nn.Module, args, output) -> None:
@@ -139,7 +115,7 @@ class FeatureExtractor(nn.Module):
 
         return hook
 
-    def forward(self, pixel_values: torch.Tensor) -> ModelOutputs:
+    def forward(self, pixel_values: torch.Tensor) -> LogitsAndFeatures:
         self._captured = {}
         if self.is_transformers:
             wants_hidden = any(name.startswith(HIDDEN_STATES) for name in self.layers)
@@ -156,21 +132,27 @@ class FeatureExtractor(nn.Module):
             size = tuple(pixel_values.shape[-2:])
             features = {name: self.info.to_map(value, size) for name, value in features.items()}
         self._captured = {}
-        return ModelOutputs(logits=logits, features=features)
+        return LogitsAndFeatures(logits=logits, features=features)
 
 
 class FrozenTeacher(FeatureExtractor):
-    """A teacher that never trains: no gradients, eval mode whatever ``.train()`` is called with."""
+    """A teacher that never trains: its parameters are frozen and it stays in eval mode whatever
+    ``.train()`` is called with, so its BatchNorm statistics and dropout never follow the student's mode.
 
-    def __init__(self, model: nn.Module, layers: Sequence[str] = (), as_maps: bool = True):
+    Its forward runs without autograd. ``pass_gradients=True`` keeps autograd on through the
+    teacher's activations (its parameters stay frozen), for something trainable that feeds or hooks
+    into it: FreeKD's frequency prompts (:mod:`hf_freqkd.prompt_fitting`).
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[str] = (), as_maps: bool = True, pass_gradients: bool = False):
         super().__init__(model, layers, as_maps)
+        self.pass_gradients = pass_gradients
         self.model.requires_grad_(False)
         super().train(False)
 
     def train(self, mode: bool = True) -> "FrozenTeacher":
-        # The teacher's BatchNorm statistics and dropout must not follow the student's mode.
         return super().train(False)
 
-    @torch.no_grad()
-    def forward(self, pixel_values: torch.Tensor) -> ModelOutputs:
-        return super().forward(pixel_values)
+    def forward(self, pixel_values: torch.Tensor) -> LogitsAndFeatures:
+        with torch.set_grad_enabled(self.pass_gradients and torch.is_grad_enabled()):
+            return super().forward(pixel_values)

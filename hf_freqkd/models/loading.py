@@ -7,7 +7,10 @@ Sources, in the order they are tried:
   with ``model_type`` a transformers folder (``save_pretrained``).
 * ``hf-hub:ORG/NAME``: a timm model on the Hub.
 * a name in timm's registry (the CIFAR zoo is registered there by ``import hf_freqkd``).
-* anything else containing ``/``: a transformers ``AutoModelForImageClassification`` Hub id.
+* a string that looks like a path (``runs/teacher`` next to a ``runs/`` folder, ``./teacher``,
+  ``a/b/c``, see :mod:`hf_freqkd.sources`) but names nothing: a missing folder, reported with near names.
+* anything else containing ``/``: a transformers ``AutoModelForImageClassification`` Hub id. Without
+  network, or with ``HF_HUB_OFFLINE=1`` and no cached copy, that is one line, not minutes of retries.
 
 Weights from ``checkpoint`` load after construction: a ``.safetensors`` file, a torch file (read
 with ``weights_only=True``), or a Trainer checkpoint directory of hf_freqkd (``student.`` keys).
@@ -19,13 +22,29 @@ import difflib
 import json
 import os
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..errors import ModelError
+from ..sources import (
+    hub_offline_message,
+    hub_unreachable_message,
+    is_hub_offline,
+    is_hub_repo_id,
+    local_path,
+    looks_like_path,
+    missing_path_error,
+)
+
 TIMM_PREFIX = "timm:"
 TRANSFORMERS_PREFIX = "transformers:"
+HUB_PREFIX = "hf-hub:"  # timm's prefix for a timm model on the Hub
+LOCAL_MODEL_SOURCES = "a timm model name (e.g. resnet18) or a local model folder (holding config.json)"
+MODEL_SOURCES = f"{LOCAL_MODEL_SOURCES}, or a Hub id (ORG/NAME, hf-hub:ORG/NAME for timm)"
+CHECKPOINT_SOURCES = "a .safetensors or torch weights file, or a Trainer checkpoint-<step> folder"
 
 
 def is_transformers_model(model: nn.Module) -> bool:
@@ -45,7 +64,7 @@ def load_model(
 ) -> nn.Module:
     """Create the model named by ``source`` (see module docstring) and load ``checkpoint`` if given."""
     if not isinstance(source, str) or not source:
-        raise ValueError(f"model source {source!r} is invalid: expected a timm model name, a local folder or a Hub id")
+        raise ModelError(f"model source {source!r} is invalid: expected a timm model name, a local folder or a Hub id")
     model_kwargs = dict(model_kwargs or {})
     library, location = _resolve_source(source)
     try:
@@ -57,7 +76,7 @@ def load_model(
         if not model_kwargs:
             raise
         # The constructor's "unexpected keyword argument" says neither which model nor which config key.
-        raise ValueError(
+        raise ModelError(
             f"model '{source}' does not accept the keyword arguments {model_kwargs} ({error}); "
             "fix teacher_model_kwargs / student_model_kwargs"
         ) from None
@@ -75,32 +94,58 @@ def _resolve_source(source: str) -> tuple[str, str]:
         return "timm", source[len(TIMM_PREFIX):]
     if source.startswith(TRANSFORMERS_PREFIX):
         return "transformers", source[len(TRANSFORMERS_PREFIX):]
-    if os.path.isdir(source):
-        config_file = Path(source) / "config.json"
+    path = local_path(source)
+    if path.is_dir():
+        config_file = path / "config.json"
         if not config_file.is_file():
             hint = (
                 " It looks like a Trainer checkpoint: name the architecture as the model and pass this folder as the checkpoint."
-                if (Path(source) / "model.safetensors").is_file()
+                if (path / "model.safetensors").is_file()
                 else ""
             )
-            raise ValueError(f"model folder '{source}' has no config.json, so it is not a saved model.{hint}")
+            raise ModelError(f"model folder '{source}' has no config.json, so it is not a saved model.{hint}")
         config = json.loads(config_file.read_text())
         if "architecture" in config:
-            return "timm", "local-dir:" + str(Path(source).resolve())
+            return "timm", "local-dir:" + str(path.resolve())
         if "model_type" in config:
-            return "transformers", source
-        raise ValueError(
+            return "transformers", str(path)
+        raise ModelError(
             f"model folder '{source}': config.json has neither 'architecture' (timm) nor 'model_type' (transformers)"
         )
-    if source.startswith("hf-hub:") or timm.is_model(source):
+    if path.is_file():
+        raise ModelError(
+            f"model '{source}' is a file, not a model folder: give the folder holding config.json, or name the "
+            "architecture as the model and pass this file as its checkpoint"
+        )
+    if source.startswith(HUB_PREFIX) or timm.is_model(source):
         return "timm", source
-    if "/" in source and not os.path.exists(source):
+    # A missing local folder is told apart from a Hub id here, before any download is tried.
+    if looks_like_path(source) or "/" in source and not is_hub_repo_id(source):
+        raise missing_path_error("model", source, MODEL_SOURCES)
+    if "/" in source:
         return "transformers", source
     close = difflib.get_close_matches(source, timm.list_models(), n=5, cutoff=0.6)
     hint = f"; close timm names: {', '.join(close)}" if close else ""
-    raise ValueError(
+    raise ModelError(
         f"model '{source}' is not a timm model name, a local model folder or a Hub id (ORG/NAME){hint}"
     )
+
+
+def _from_hub(source: str, repo_id: str, load: Callable[[], nn.Module]) -> nn.Module:
+    """``load()`` a model from the Hub, with one clear line when the Hub cannot serve ``repo_id``."""
+    instead = f"give {LOCAL_MODEL_SOURCES}"
+    unreachable = hub_unreachable_message("model", source, instead)
+    if unreachable:
+        raise ModelError(unreachable)
+    try:
+        return load()
+    except OSError as error:  # transformers' and huggingface_hub's "not found" / "cannot connect" errors
+        if is_hub_offline():
+            raise ModelError(hub_offline_message("model", source, instead)) from None
+        reason = " ".join(str(error).split())
+        raise ModelError(
+            f"model '{source}' is not a local path and could not be loaded from the Hub ({reason}): check the Hub id, or {instead}"
+        ) from None
 
 
 def _load_timm(name: str, num_classes: int | None, pretrained: bool, model_kwargs: dict[str, Any]) -> nn.Module:
@@ -111,6 +156,9 @@ def _load_timm(name: str, num_classes: int | None, pretrained: bool, model_kwarg
         kwargs["num_classes"] = num_classes
     # A saved folder is its own pretrained weights: local-dir only loads them with pretrained=True.
     pretrained = pretrained or name.startswith("local-dir:")
+    if name.startswith(HUB_PREFIX):
+        # timm reads the config (and weights) of an hf-hub: model from the Hub even when not pretrained.
+        return _from_hub(name, name[len(HUB_PREFIX):], lambda: timm.create_model(name, pretrained=pretrained, **kwargs))
     return timm.create_model(name, pretrained=pretrained, **kwargs)
 
 
@@ -122,14 +170,31 @@ def _load_transformers(
     kwargs = dict(model_kwargs)
     if num_classes is not None:
         kwargs["num_labels"] = num_classes
+    def load() -> nn.Module:
+        if local or pretrained:
+            if num_classes is not None:
+                current = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code).num_labels
+                kwargs["ignore_mismatched_sizes"] = current != num_classes
+            return AutoModelForImageClassification.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
+        return AutoModelForImageClassification.from_config(config, trust_remote_code=trust_remote_code)
+
     local = os.path.isdir(name)
-    if local or pretrained:
-        if num_classes is not None:
-            current = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code).num_labels
-            kwargs["ignore_mismatched_sizes"] = current != num_classes
-        return AutoModelForImageClassification.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
-    config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
-    return AutoModelForImageClassification.from_config(config, trust_remote_code=trust_remote_code)
+    return load() if local else _from_hub(name, name, load)
+
+
+def model_architecture(model: nn.Module) -> str:
+    """The name that rebuilds ``model``'s architecture: timm's registered name, or for transformers
+    the Hub id it came from (else its architecture class). Never a local path."""
+    if is_transformers_model(model):
+        config = model.config
+        source = getattr(config, "_name_or_path", "") or ""
+        if source and not os.path.exists(source) and source.count("/") == 1 and not source.startswith((".", "/", "~")):
+            return source
+        architectures = getattr(config, "architectures", None) or []
+        return architectures[0] if architectures else type(model).__name__
+    architecture = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+    return architecture or type(model).__name__
 
 
 def model_num_classes(model: nn.Module) -> int:
@@ -138,7 +203,7 @@ def model_num_classes(model: nn.Module) -> int:
         return int(model.config.num_labels)
     num_classes = getattr(model, "num_classes", None)
     if num_classes is None:
-        raise ValueError(f"cannot tell the number of classes of {type(model).__name__}: it has no `num_classes`")
+        raise ModelError(f"cannot tell the number of classes of {type(model).__name__}: it has no `num_classes`")
     return int(num_classes)
 
 
@@ -151,7 +216,7 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint '{path}' does not exist")
+        raise missing_path_error("checkpoint", path, CHECKPOINT_SOURCES)
     file = Path(path)
     if file.is_dir():
         for candidate in ("model.safetensors", "pytorch_model.bin"):
@@ -159,7 +224,7 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
                 file = file / candidate
                 break
         else:
-            raise ValueError(
+            raise ModelError(
                 f"checkpoint folder '{path}' holds no model.safetensors or pytorch_model.bin; "
                 f"it contains: {', '.join(sorted(p.name for p in file.iterdir())) or 'nothing'}"
             )
@@ -170,12 +235,12 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
             # weights_only: a checkpoint must never be able to run code on load.
             state = torch.load(str(file), map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any reader failure means "not a checkpoint"
-        raise ValueError(f"checkpoint '{file}' could not be read as safetensors or a torch state dict: {error}") from None
+        raise ModelError(f"checkpoint '{file}' could not be read as safetensors or a torch state dict: {error}") from None
     for key in ("state_dict", "model", "module"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"checkpoint '{file}' is not a state dict of tensors")
+        raise ModelError(f"checkpoint '{file}' is not a state dict of tensors")
     return state
 
 
@@ -203,7 +268,7 @@ def load_checkpoint(model: nn.Module, path: str) -> None:
             details.append(
                 f"{len(mismatched)} with another shape (e.g. {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)})"
             )
-        raise ValueError(f"checkpoint '{path}' does not fit {type(model).__name__}: keys {'; '.join(details)}")
+        raise ModelError(f"checkpoint '{path}' does not fit {type(model).__name__}: keys {'; '.join(details)}")
     model.load_state_dict(state)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .features import BackboneInfo
+from ..types import BackboneInfo
 
 
 def evenly_spaced(layers: Sequence[str], count: int) -> list[str]:

@@ -54,7 +54,7 @@ class FPNSegmenter(nn.Module):
             ``pretrained`` flag of ``create_model``, see the module docstring).
     """
 
-    #: feature methods read this network's stages from the backbone (see BackboneInfo.of)
+    #: feature methods read this network's stages from the backbone (see hf_freqkd.models.features.backbone_info)
     feature_backbone = "backbone"
     is_segmentation_model = True
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -12,6 +14,7 @@ from torch import nn
 from ..errors import ConfigError, DataError, MethodOptionsError, ModelError
 
 _TASKS: dict[str, "Task"] = {}
+_TASKS_VIEW: Mapping[str, "Task"] = MappingProxyType(_TASKS)
 
 
 @dataclass
@@ -48,6 +51,9 @@ class Task:
     label_dims: ClassVar[int]
     #: what the rows must look like, for the message when they do not
     label_hint: ClassVar[str]
+    #: the transformers auto class an exported student of this task loads with (timm students too, through
+    #: transformers' TimmWrapper), or None when transformers has no auto class for it; model cards show it
+    transformers_auto_class: ClassVar[str | None] = None
 
     # -- models ---------------------------------------------------------------------------------
 
@@ -57,7 +63,7 @@ class Task:
 
     def check_models(self, student: nn.Module, teacher: nn.Module | None) -> None:
         """Student and teacher must solve the same task."""
-        if teacher is not None and not self.matches(teacher):
+        if teacher is not None and task_for_model(teacher) is not task_for_model(student):
             other = task_for_model(teacher)
             raise ModelError(
                 f"the student {type(student).__name__} is {self.model_kind} but the teacher {type(teacher).__name__} "
@@ -136,9 +142,9 @@ def register_task(cls: type[Task]) -> type[Task]:
     return cls
 
 
-def available_tasks() -> dict[str, Task]:
-    """Registered tasks by name."""
-    return dict(_TASKS)
+def available_tasks() -> Mapping[str, Task]:
+    """Registered tasks by name: a read-only view that also shows tasks registered later (a user's own)."""
+    return _TASKS_VIEW
 
 
 def get_task(name: str) -> Task:

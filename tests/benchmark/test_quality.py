@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,9 @@ from PIL import Image
 from hf_freqkd.benchmark.quality import load_benchmark_config, run_quality_benchmark
 from hf_freqkd.cli import main
 
-BENCH_DIR = Path(__file__).resolve().parents[2] / "configs" / "bench"
+REPO = Path(__file__).resolve().parents[2]
+BENCH_DIR = REPO / "configs" / "bench"
+ABLATION_CONFIG = BENCH_DIR / "figkd_ablation_digits.yaml"
 
 TINY_RUN = {
     "dataset": "digits",
@@ -105,11 +108,109 @@ def test_overrides_reach_nested_keys_and_method_labels(tmp_path):
     assert config.seeds == [1, 2] and config.output_dir == tmp_path / "o"
     values = config.student_run_config(config.methods[0], 2)
     assert values["num_train_epochs"] == 3 and values["methods"] == {"ce": {"weight": 0.5}} and values["seed"] == 2
+    assert config.changed_by_overrides == {
+        "seeds": ([0], [1, 2]), "student.num_train_epochs": ("(not set)", 3), "methods.ce.ce.weight": ("(not set)", 0.5)
+    }
 
 
-@pytest.mark.parametrize("path", sorted(BENCH_DIR.glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_bench_configs_validate(path):
+@pytest.mark.parametrize("path", sorted(set(BENCH_DIR.glob("*.yaml")) - {ABLATION_CONFIG}), ids=lambda p: p.name)
+def test_shipped_method_comparisons_validate_and_list_every_method(path):
     config = load_benchmark_config(path)
     assert len(config.seeds) >= 3
     labels = [m.label for m in config.methods]
     assert {"ce", "kd", "dkd", "figkd", "fam", "fam_l2l", "freekd"} <= set(labels)
+
+
+def test_figkd_ablation_config_runs_the_published_variants_one_option_each():
+    config = load_benchmark_config(ABLATION_CONFIG)
+    assert config.seeds == [0, 1, 2]
+    # The rows of the published figure (docs/figkd_ablation_digits.csv), in its order.
+    with open(REPO / "docs" / "figkd_ablation_digits.csv") as handle:
+        published = list(dict.fromkeys(row["variant"] for row in csv.DictReader(handle)))
+    assert [m.label for m in config.methods] == published
+    assert config.baseline.label == "ce (student alone)"
+    figkd_variants = [m for m in config.methods if "figkd" in m.method_names]
+    assert len(figkd_variants) == 9
+    for method in figkd_variants:
+        assert method.overrides == {"methods": method.overrides["methods"]}  # no other run key differs
+        assert method.overrides["methods"]["ce"] == {}
+        assert len(method.overrides["methods"]["figkd"]) <= 1  # the default, or one option changed
+    changed = [option for m in figkd_variants for option in m.overrides["methods"]["figkd"].items()]
+    assert sorted(changed, key=str) == sorted(
+        [("bands", "low"), ("bands", "all"), ("levels", 2), ("levels", 3), ("wavelet", "db2"),
+         ("target", "coef_kl"), ("target", "coef_mse"), ("class_order", "teacher_sorted")], key=str
+    )
+    values = config.student_run_config(figkd_variants[0], 0)
+    assert (values["student_model"], values["num_train_epochs"], values["max_train_samples"]) == ("resnet8", 30, 200)
+    assert "distill_warmup_epochs" not in values  # the ablation ran without warm-up
+    assert config.teacher_run_config()["student_model"] == "resnet20"
+    assert not (REPO / "scripts" / "ablate_figkd.py").exists()  # one way to run a sweep
+
+
+# ----------------------------------------------------------------------------------------------
+# A sweep with named variants, run once with one seed and overrides: what results.md records.
+
+SWEEP_DESCRIPTION = "Students resnet8 trained for 30 epochs."
+
+
+@pytest.fixture(scope="module")
+def one_seed_sweep(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sweep")
+    config_path = write_config(
+        folder,
+        description=SWEEP_DESCRIPTION,
+        seeds=[0, 1],
+        student={"student_model": "resnet8", "num_train_epochs": 30},
+        methods={"ce (student alone)": {"ce": {}}, "figkd levels=2": {"ce": {}, "figkd": {"levels": 2}}},
+    )
+    out = folder / "results"
+    overrides = ["student.num_train_epochs=5", "seeds=[1]"]
+    argv = ["benchmark", "quality", "--config", str(config_path), "--output-dir", str(out), *overrides]
+    assert main(argv) == 0
+    return argv, out
+
+
+def table_rows(markdown: str) -> dict[str, list[str]]:
+    rows = [line for line in markdown.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+    return {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")] for line in rows)}
+
+
+def test_named_variants_are_rows_compared_with_the_student_alone(one_seed_sweep):
+    _, out = one_seed_sweep
+    with open(out / "results.csv") as handle:
+        runs = [(row["method"], row["seed"]) for row in csv.DictReader(handle)]
+    assert runs == [("ce (student alone)", "1"), ("figkd levels=2", "1")]
+    rows = table_rows((out / "results.md").read_text())
+    assert list(rows) == ["teacher resnet8", "ce (student alone)", "figkd levels=2"]
+    summary = {s["method"]: s for s in json.loads((out / "results.json").read_text())["summary"]}
+    delta = summary["figkd levels=2"]["top1_mean"] - summary["ce (student alone)"]["top1_mean"]
+    assert rows["figkd levels=2"][2] == f"{delta:+.2f}"  # "top-1 vs ce" against the ce-only label
+    assert rows["ce (student alone)"][2] == ""
+    assert (out / "runs" / "figkd_levels_2" / "seed1" / "bench_result.json").is_file()
+
+
+def test_results_md_records_the_command_with_its_overrides(one_seed_sweep):
+    argv, out = one_seed_sweep
+    markdown = (out / "results.md").read_text()
+    assert f"Command: `hf-freqkd {shlex.join(argv)}`" in markdown
+
+
+def test_results_md_says_which_described_settings_the_overrides_changed(one_seed_sweep):
+    _, out = one_seed_sweep
+    lines = (out / "results.md").read_text().splitlines()
+    described = lines.index(SWEEP_DESCRIPTION)
+    note = lines[described + 2]
+    assert "student.num_train_epochs: 30 -> 5" in note and "seeds: [0, 1] -> [1]" in note
+
+
+def test_one_seed_shows_no_standard_deviation(one_seed_sweep):
+    _, out = one_seed_sweep
+    markdown = (out / "results.md").read_text()
+    rows = table_rows(markdown)
+    for label in ("ce (student alone)", "figkd levels=2"):
+        top1, top5 = rows[label][:2]
+        assert top1.endswith(" (n=1)") and top5.endswith(" (n=1)"), rows[label]
+    assert "+-" not in markdown
+    assert "no standard deviation (n=1)" in markdown
+    summary = json.loads((out / "results.json").read_text())["summary"]
+    assert all(s["top1_std"] is None and s["top1_n"] == 1 for s in summary)

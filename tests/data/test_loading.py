@@ -1,8 +1,13 @@
-"""Dataset loading (image folder, parquet), column detection, label checks and image transforms."""
+"""Dataset loading (image folder, parquet, Hub layouts, missing paths), subsets, column detection, label checks, transforms."""
 
 from __future__ import annotations
 
+import os
+import socket
+import time
+
 import datasets
+import huggingface_hub
 import numpy as np
 import pytest
 import torch
@@ -18,6 +23,9 @@ from hf_freqkd.data import (
     pick_split,
     with_image_transform,
 )
+from hf_freqkd.data.loading import seeded_subset
+from hf_freqkd.errors import DataError, MissingPathError
+from hf_freqkd.sources import _probe_hub
 
 
 @pytest.fixture(scope="module")
@@ -131,11 +139,116 @@ def test_parquet_folder_loading(tmp_path):
     assert count_classes(train, "target") == 4
 
 
+def test_folder_in_the_hub_parquet_layout_keeps_its_splits(tmp_path):
+    # As a Hub dataset downloaded for offline use: <split>-00000-of-00001.parquet next to a README.md.
+    folder = tmp_path / "cifar_like"
+    folder.mkdir()
+    make_parquet(folder / "train-00000-of-00001.parquet", [0, 1, 2, 1])
+    make_parquet(folder / "test-00000-of-00001.parquet", [2, 0])
+    (folder / "README.md").write_text("# A dataset\nDownloaded from the Hub.\n")
+    loaded = load_image_dataset(str(folder))
+    assert sorted(loaded) == ["test", "train"]
+    assert list(loaded["train"]["target"]) == [0, 1, 2, 1]
+    assert list(loaded["test"]["target"]) == [2, 0]
+    assert pick_split(list(loaded), None, "eval", ("validation", "test")) == "test"
+
+
+def test_folder_in_the_hub_data_folder_layout_keeps_its_splits(tmp_path):
+    folder = tmp_path / "downloaded"
+    (folder / "data").mkdir(parents=True)
+    make_parquet(folder / "data" / "train-00000-of-00002.parquet", [0, 1])
+    make_parquet(folder / "data" / "train-00001-of-00002.parquet", [2])
+    make_parquet(folder / "data" / "validation-00000-of-00001.parquet", [1])
+    loaded = load_image_dataset(str(folder))
+    assert {name: split.num_rows for name, split in loaded.items()} == {"train": 3, "validation": 1}
+
+
+def test_imagefolder_with_split_folders(tmp_path):
+    root = tmp_path / "pets"
+    for split, count in (("train", 3), ("test", 1)):
+        for name in ("cat", "dog"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                tiny_images(1)[0].save(root / split / name / f"{i}.png")
+    loaded = load_image_dataset(str(root))
+    assert {name: split.num_rows for name, split in loaded.items()} == {"train": 6, "test": 2}
+    assert loaded["test"].features["label"].names == ["cat", "dog"]
+
+
 def test_file_that_is_not_parquet_is_rejected(tmp_path):
     path = tmp_path / "data.csv"
     path.write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="not a .parquet file"):
         load_image_dataset(str(path))
+
+
+# ----------------------------------------------------------------------------------------------
+# Missing local paths and Hub ids: told apart before any download
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project folder as the working directory, holding data/my_images."""
+    (tmp_path / "data" / "my_images").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def no_hub_download(monkeypatch):
+    """Fails the test if datasets is asked to load anything but a local packaged builder."""
+    load_dataset = datasets.load_dataset
+
+    def local_only(path, *args, **kwargs):
+        if path not in ("parquet", "imagefolder") and not os.path.isdir(path):
+            pytest.fail(f"'{path}' was sent to the Hub")
+        return load_dataset(path, *args, **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", local_only)
+
+
+@pytest.mark.parametrize(
+    "name, near",
+    [("data/my_imgs", "data/my_images"), ("data/my_images/train.parquet", None), ("data/train.parquet", None), ("digit", "digits")],
+)
+def test_missing_local_dataset_is_not_taken_for_a_hub_id(project, no_hub_download, name, near):
+    start = time.perf_counter()
+    with pytest.raises(MissingPathError) as error:
+        load_image_dataset(name)
+    assert time.perf_counter() - start < 2
+    message = str(error.value)
+    assert message.startswith(f"dataset '{name}' does not exist (no ")
+    assert "image folder" in message and "digits" in message
+    assert (f"Did you mean '{near}'?" in message) == (near is not None)
+
+
+def test_hub_dataset_id_while_offline_is_one_fast_line(project, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    start = time.perf_counter()
+    with pytest.raises(DataError) as error:
+        load_image_dataset("some-org/not-cached-images")
+    assert time.perf_counter() - start < 5
+    message = str(error.value)
+    assert message.startswith(f"dataset 'some-org/not-cached-images' is not a local path (nothing of that name in {project})")
+    assert "not in the Hugging Face cache while HF_HUB_OFFLINE=1" in message
+    assert "give a local image folder" in message and "\n" not in message
+
+
+def test_hub_dataset_id_without_network_is_not_retried(project, monkeypatch, no_hub_download):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{closed_port}")
+    _probe_hub.cache_clear()
+    try:
+        start = time.perf_counter()
+        with pytest.raises(DataError, match="cannot be reached .*set HF_HUB_OFFLINE=1"):
+            load_image_dataset("some-org/images")
+        assert time.perf_counter() - start < 5
+    finally:
+        _probe_hub.cache_clear()
 
 
 def test_negative_labels_are_rejected_by_count_classes():
@@ -155,6 +268,67 @@ def test_labels_outside_the_model_classes(digits):
 
 def test_labels_inside_the_model_classes(digits):
     check_labels_in_range(digits["test"], "label", 10, "test")
+
+
+# ----------------------------------------------------------------------------------------------
+# max_train_samples / max_eval_samples
+
+
+def sorted_by_class(per_class: list[int], class_label: bool = True) -> datasets.Dataset:
+    """Rows sorted by class, as an image folder lists them."""
+    labels = [label for label, count in enumerate(per_class) for _ in range(count)]
+    feature = datasets.ClassLabel(num_classes=len(per_class)) if class_label else datasets.Value("int64")
+    return datasets.Dataset.from_dict(
+        {"row": list(range(len(labels))), "label": labels}, features=datasets.Features({"row": datasets.Value("int64"), "label": feature})
+    )
+
+
+def test_subset_of_a_class_sorted_dataset_is_stratified():
+    data = sorted_by_class([10, 10, 10, 10])
+    subset = seeded_subset(data, 8, seed=0, label_column="label")
+    assert sorted(subset["label"]) == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert subset["row"] != list(range(8))
+    assert seeded_subset(data, 8, seed=0, label_column="label")["row"] == subset["row"]
+    assert seeded_subset(data, 8, seed=1, label_column="label")["row"] != subset["row"]
+
+
+def test_subset_without_class_labels_is_a_seeded_shuffle():
+    data = sorted_by_class([10, 10, 10], class_label=False)
+    subset = seeded_subset(data, 9, seed=3, label_column="label")
+    assert subset.num_rows == 9 and len(set(subset["row"])) == 9
+    assert subset["row"] == data.shuffle(seed=3)["row"][:9]
+    assert len(set(subset["label"])) > 1  # the first nine rows would all be class 0
+
+
+def test_subset_with_a_class_too_rare_to_stratify():
+    data = sorted_by_class([6, 6, 1])
+    subset = seeded_subset(data, 5, seed=0, label_column="label")
+    assert subset["row"] == data.shuffle(seed=0)["row"][:5]
+
+
+@pytest.mark.parametrize("cap", [None, 0, 12, 50])
+def test_no_subset_without_a_smaller_cap(cap):
+    data = sorted_by_class([6, 6])
+    assert seeded_subset(data, cap, seed=0, label_column="label") is data
+
+
+def test_run_caps_an_image_folder_with_every_class(tmp_path):
+    # Three classes in imagefolder layout: the first 6 rows would be cats and dogs only.
+    from hf_freqkd.config import parse_config
+    from hf_freqkd.run import load_run_data
+
+    for split, count in (("train", 6), ("test", 4)):
+        for name in ("cat", "dog", "eel"):
+            (tmp_path / "pets" / split / name).mkdir(parents=True)
+            for i in range(count):
+                tiny_images(1)[0].save(tmp_path / "pets" / split / name / f"{i}.png")
+    args, model_args, data_args = parse_config(
+        None,
+        [f"dataset={tmp_path / 'pets'}", "student_model=resnet8", f"output_dir={tmp_path / 'run'}", "max_train_samples=6", "max_eval_samples=3"],
+    )
+    data = load_run_data(args, model_args, data_args)
+    assert sorted(data.train["label"]) == [0, 0, 1, 1, 2, 2]
+    assert sorted(data.eval["label"]) == [0, 1, 2]
 
 
 def test_pick_split():

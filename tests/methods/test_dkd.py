@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from hf_freqkd.methods import ModelOutputs
+from hf_freqkd.methods import LogitsAndFeatures
 from hf_freqkd.methods.dkd import DKD, DKDOptions, decoupled_kd_terms
 from hf_freqkd.methods.kd import kl_divergence_with_temperature
 
@@ -41,7 +41,7 @@ def test_terms_equal_their_closed_form_on_hand_made_logits():
         assert nckd[row].item() == pytest.approx(expected_nckd, rel=1e-5)
 
     method = DKD(DKDOptions(alpha=0.5, beta=3.0, temperature=2.0))
-    terms = method(ModelOutputs(torch.tensor(student)), ModelOutputs(torch.tensor(teacher)), torch.tensor(labels))
+    terms = method(LogitsAndFeatures(torch.tensor(student)), LogitsAndFeatures(torch.tensor(teacher)), torch.tensor(labels))
     assert terms["loss_tckd"].item() == pytest.approx(0.5 * tckd.mean().item(), rel=1e-6)
     assert terms["loss_nckd"].item() == pytest.approx(3.0 * nckd.mean().item(), rel=1e-6)
 
@@ -61,19 +61,19 @@ def test_finite_gradients_for_extreme_and_bf16_logits():
     method = DKD()
     labels = torch.tensor([0, 3, 7, 9])
     student = (torch.randn(4, 10) * 1e4).requires_grad_()
-    terms = method(ModelOutputs(student), ModelOutputs(torch.randn(4, 10) * 1e4), labels)
+    terms = method(LogitsAndFeatures(student), LogitsAndFeatures(torch.randn(4, 10) * 1e4), labels)
     sum(terms.values()).backward()
     assert all(torch.isfinite(v) for v in terms.values()) and torch.isfinite(student.grad).all()
 
     student = torch.randn(4, 10).bfloat16().requires_grad_()
-    terms = method(ModelOutputs(student), ModelOutputs(torch.randn(4, 10).bfloat16()), labels)
+    terms = method(LogitsAndFeatures(student), LogitsAndFeatures(torch.randn(4, 10).bfloat16()), labels)
     sum(terms.values()).backward()
     assert torch.isfinite(student.grad.float()).all()
 
 
 def test_zero_when_student_equals_teacher():
     logits = torch.randn(4, 10)
-    terms = DKD()(ModelOutputs(logits), ModelOutputs(logits.clone()), torch.tensor([1, 2, 3, 4]))
+    terms = DKD()(LogitsAndFeatures(logits), LogitsAndFeatures(logits.clone()), torch.tensor([1, 2, 3, 4]))
     assert all(v.item() == pytest.approx(0.0, abs=1e-6) for v in terms.values())
 
 

@@ -17,9 +17,9 @@ from hf_freqkd import DistillationConfig, DistillationTrainer
 from hf_freqkd.data import load_digits_dataset, with_image_transform
 from hf_freqkd.export import export_student
 from hf_freqkd.layers.frequency_attention import FrequencyAttention, LocalSelfAttention
-from hf_freqkd.methods import ModelOutputs
+from hf_freqkd.methods import LogitsAndFeatures
 from hf_freqkd.methods.fam import FAMReviewOptions, FrequencyAttentionReview
-from hf_freqkd.models.features import BackboneInfo
+from hf_freqkd.types import BackboneInfo
 
 BOTH = {"fam": {"weight": 0.8}, "fam_l2l": {}}
 
@@ -104,7 +104,7 @@ def test_gradients_reach_student_and_modules_never_the_teacher(tmp_path, digits)
     for feature in student.features.values():
         feature.retain_grad()
     # Even teacher features that carry gradients must not receive any.
-    teacher = ModelOutputs(teacher.logits, {k: v.clone().requires_grad_() for k, v in teacher.features.items()})
+    teacher = LogitsAndFeatures(teacher.logits, {k: v.clone().requires_grad_() for k, v in teacher.features.items()})
     methods = trainer.model.methods
     (methods["fam"](student, teacher, None)["loss_fam"] + methods["fam_l2l"](student, teacher, None)["loss_fam_l2l"]).backward()
     assert all(f.grad is None for f in teacher.features.values())
@@ -160,8 +160,8 @@ def built(**options) -> FrequencyAttentionReview:
     return method
 
 
-def fake_outputs(shapes: dict, batch: int = 3) -> ModelOutputs:
-    return ModelOutputs(torch.zeros(batch, 10), {k: torch.randn(batch, *v[1:]) for k, v in shapes.items()})
+def fake_outputs(shapes: dict, batch: int = 3) -> LogitsAndFeatures:
+    return LogitsAndFeatures(torch.zeros(batch, 10), {k: torch.randn(batch, *v[1:]) for k, v in shapes.items()})
 
 
 # The deepest stage has no attention: it is the first residual (the pooled feature, else the last stage).

@@ -7,7 +7,7 @@ import pywt
 import torch
 
 from hf_freqkd.frequency import wavelet1d
-from hf_freqkd.methods import ModelOutputs, build_methods
+from hf_freqkd.methods import LogitsAndFeatures, build_methods
 from hf_freqkd.methods.figkd import FiGKD, FiGKDOptions
 from hf_freqkd.methods.kd import kl_divergence_with_temperature
 
@@ -20,7 +20,7 @@ def figkd(num_classes: int, **options) -> FiGKD:
 
 def loss(method: FiGKD, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     labels = torch.zeros(student.shape[0], dtype=torch.long)
-    return method(ModelOutputs(student), ModelOutputs(teacher), labels)["loss_figkd"]
+    return method(LogitsAndFeatures(student), LogitsAndFeatures(teacher), labels)["loss_figkd"]
 
 
 @pytest.mark.parametrize("backend", ["ptwt", "matrix"])

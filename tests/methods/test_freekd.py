@@ -16,9 +16,9 @@ from hf_freqkd.data import load_digits_dataset, with_image_transform
 from hf_freqkd.export import export_student
 from hf_freqkd.frequency import wavelet_decompose
 from hf_freqkd.layers.frequency_prompts import band_masks, save_prompts
-from hf_freqkd.methods.base import ModelOutputs
+from hf_freqkd.types import LogitsAndFeatures
 from hf_freqkd.methods.freekd import FreeKDOptions, resolve_layer_pairs
-from hf_freqkd.models import BackboneInfo
+from hf_freqkd.models import backbone_info
 
 TEACHER_LAYER = "layer2"  # test_resnet: 48 channels, stride 8
 TEACHER_WIDTH = 48
@@ -103,7 +103,7 @@ def test_one_training_step_for_each_student_family(family, tmp_path, digits, pro
     )
     method = trainer.model.methods["freekd"]
     (student_layer, teacher_layer), = method.pairs
-    assert teacher_layer == TEACHER_LAYER and student_layer == BackboneInfo.of(trainer.student).stage_layers[-1]
+    assert teacher_layer == TEACHER_LAYER and student_layer == backbone_info(trainer.student).stage_layers[-1]
     adapter_before = method.adapters[0].weight.detach().clone()
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "loss_freekd" in entry]
@@ -154,8 +154,8 @@ def test_masks_come_from_the_teacher_alone_and_no_gradient_reaches_teacher_or_pr
     student_layer = method.pairs[0][0]
     student_map = torch.randn(4, 64, 8, 8, requires_grad=True)
     teacher_map = torch.randn(4, TEACHER_WIDTH, 4, 4, requires_grad=True)  # as if it could carry a gradient
-    student = ModelOutputs(torch.zeros(4, 10), {student_layer: student_map})
-    teacher_out = ModelOutputs(torch.zeros(4, 10), {TEACHER_LAYER: teacher_map})
+    student = LogitsAndFeatures(torch.zeros(4, 10), {student_layer: student_map})
+    teacher_out = LogitsAndFeatures(torch.zeros(4, 10), {TEACHER_LAYER: teacher_map})
     loss = method(student, teacher_out, torch.zeros(4, dtype=torch.long))["loss_freekd"]
     loss.backward()
     assert teacher_map.grad is None
@@ -182,8 +182,8 @@ def test_uniform_masks_low_band_and_mse_terms(tmp_path):
     method = trainer.model.methods["freekd"]
     student_map, teacher_map = torch.randn(2, 64, 4, 4), torch.randn(2, TEACHER_WIDTH, 4, 4)
     terms = method(
-        ModelOutputs(torch.zeros(2, 10), {method.pairs[0][0]: student_map}),
-        ModelOutputs(torch.zeros(2, 10), {TEACHER_LAYER: teacher_map}),
+        LogitsAndFeatures(torch.zeros(2, 10), {method.pairs[0][0]: student_map}),
+        LogitsAndFeatures(torch.zeros(2, 10), {TEACHER_LAYER: teacher_map}),
         torch.zeros(2, dtype=torch.long),
     )
     aligned = method.adapters[0](student_map)
@@ -223,13 +223,13 @@ def test_bf16_step_runs(tmp_path, digits, prompts_file):
 
 
 def test_default_layers_are_the_deepest_stages_and_lists_pair_in_order():
-    student, the_teacher = BackboneInfo.of(model("resnet8", 0)), BackboneInfo.of(teacher())
+    student, the_teacher = backbone_info(model("resnet8", 0)), backbone_info(teacher())
     mask_free = {"masks": "uniform"}
     assert resolve_layer_pairs(FreeKDOptions(**mask_free), student, the_teacher) == [("layer3", "layer4")]
     pairs = resolve_layer_pairs(FreeKDOptions(**mask_free, student_layers=["layer2", "layer3"]), student, the_teacher)
     # teacher stages (act1, layer1..4) evenly spaced, deepest last
     assert pairs == [("layer2", "layer1"), ("layer3", "layer4")]
-    vit = BackboneInfo.of(model("test_vit", 0, img_size=32))
+    vit = backbone_info(model("test_vit", 0, img_size=32))
     assert resolve_layer_pairs(FreeKDOptions(**mask_free, teacher_layers=["layer3"]), vit, the_teacher) == [("blocks.5", "layer3")]
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from hf_freqkd.methods import ModelOutputs
+from hf_freqkd.methods import LogitsAndFeatures
 from hf_freqkd.methods.kd import KDOptions, KnowledgeDistillation
 
 
@@ -24,7 +24,7 @@ def hand_kd(student, teacher, temperature):
 def kd_loss(student_logits, teacher_logits, temperature=4.0):
     method = KnowledgeDistillation(KDOptions(temperature=temperature))
     labels = torch.zeros(len(student_logits), dtype=torch.long)
-    return method(ModelOutputs(student_logits), ModelOutputs(teacher_logits), labels)["loss_kd"]
+    return method(LogitsAndFeatures(student_logits), LogitsAndFeatures(teacher_logits), labels)["loss_kd"]
 
 
 def test_matches_hand_computed_value():

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from hf_freqkd.methods import DistillationMethod, MethodOptions, ModelOutputs, available_methods, register_method
-from hf_freqkd.methods.registry import _METHODS, build_methods, get_method_class, normalize_method_specs
+from hf_freqkd.methods import DistillationMethod, MethodOptions, LogitsAndFeatures, available_methods, register_method
+from hf_freqkd.errors import MethodOptionsError
+from hf_freqkd.methods.registry import _METHODS, build_methods, get_method_class, method_description, normalize_method_specs
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def make_method_class(name: str = "test_scaled_l1"):
     class ScaledL1(DistillationMethod):
         options_class = ScaleOptions
 
-        def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, labels: torch.Tensor):
+        def forward(self, student: LogitsAndFeatures, teacher: LogitsAndFeatures | None, labels: torch.Tensor):
             return {"loss_scaled_l1": self.options.scale * (student.logits - teacher.logits).abs().mean()}
 
     ScaledL1.name = name
@@ -47,8 +48,8 @@ def test_register_custom_method_and_build_it(clean_registry):
     assert [type(m) for m in methods][1] is cls
     custom = methods[1]
     assert custom.options.scale == 3.0 and custom.weight == 0.5
-    student = ModelOutputs(logits=torch.tensor([[1.0, 2.0]]))
-    teacher = ModelOutputs(logits=torch.tensor([[0.0, 0.0]]))
+    student = LogitsAndFeatures(logits=torch.tensor([[1.0, 2.0]]))
+    teacher = LogitsAndFeatures(logits=torch.tensor([[0.0, 0.0]]))
     assert custom(student, teacher, torch.tensor([0]))["loss_scaled_l1"].item() == pytest.approx(3 * 1.5)
 
 
@@ -139,3 +140,31 @@ def test_method_listed_twice_is_rejected(specs):
 def test_invalid_specs(specs, message):
     with pytest.raises(ValueError, match=message):
         normalize_method_specs(specs)
+
+
+def test_unknown_method_name_suggests_the_closest_registered_ones():
+    with pytest.raises(MethodOptionsError, match=r"unknown method 'fma' \(did you mean fam\?\); registered methods: ce,"):
+        get_method_class("fma")
+    with pytest.raises(MethodOptionsError, match=r"unknown method 'figdk' \(did you mean figkd"):
+        normalize_method_specs({"figdk": {}})
+
+
+def test_unknown_method_name_far_from_every_method_gets_no_suggestion():
+    with pytest.raises(MethodOptionsError) as error:
+        get_method_class("transformer")
+    assert "did you mean" not in str(error.value)
+
+
+def test_every_builtin_method_has_its_own_one_line_description():
+    descriptions = {name: method_description(cls) for name, cls in available_methods().items()}
+    assert len(set(descriptions.values())) == len(descriptions), descriptions  # fam and fam_l2l differ
+    for name, description in descriptions.items():
+        assert description and "\n" not in description and len(description) <= 100, (name, description)
+
+
+def test_description_of_a_custom_method_falls_back_to_its_class_docstring(clean_registry):
+    cls = make_method_class()
+    cls.__doc__ = "Scaled L1 between logits.\n\n    More detail."
+    assert method_description(cls) == "Scaled L1 between logits."
+    cls.description = "Its own line."
+    assert method_description(cls) == "Its own line."

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from transformers import ViTConfig, ViTForImageClassification
 
-from hf_freqkd.methods import ModelOutputs
+from hf_freqkd.types import LogitsAndFeatures
 from hf_freqkd.models import FeatureExtractor, FrozenTeacher, default_feature_layers
 
 
@@ -63,7 +63,7 @@ def test_timm_resnet_stage_features_in_one_forward(timm_resnet):
     pixels = torch.randn(2, 3, 32, 32)
     output = extractor(pixels)
     assert calls[0] == 1
-    assert isinstance(output, ModelOutputs)
+    assert isinstance(output, LogitsAndFeatures)
     assert list(output.features) == layers
     for info in timm_resnet.feature_info:
         size = 32 // info["reduction"]
@@ -184,17 +184,37 @@ def test_frozen_teacher_has_no_gradients_and_keeps_batchnorm_stats(timm_resnet):
     assert torch.equal(timm_resnet.bn1.running_mean, running_mean)
 
 
+def test_frozen_teacher_can_pass_gradients_to_its_inputs_without_training(timm_resnet):
+    # Prompt fitting: the teacher stays frozen, but its activations carry gradients to what feeds it.
+    teacher = FrozenTeacher(timm_resnet, ["layer2"], pass_gradients=True)
+    running_mean = timm_resnet.bn1.running_mean.clone()
+    pixels = torch.randn(4, 3, 32, 32, requires_grad=True)
+    teacher.train()(pixels).logits.sum().backward()
+    assert pixels.grad is not None and pixels.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in timm_resnet.parameters())
+    assert torch.equal(timm_resnet.bn1.running_mean, running_mean)
+    with torch.no_grad():  # an enclosing no_grad still wins
+        assert not teacher(pixels).logits.requires_grad
+
+
+def test_remove_hooks_gives_the_model_back(timm_resnet):
+    extractor = FeatureExtractor(timm_resnet, ["layer1", "layer2"])
+    assert timm_resnet.layer1._forward_hooks and extractor(torch.zeros(1, 3, 32, 32)).features
+    extractor.remove_hooks()
+    assert not any(module._forward_hooks for module in timm_resnet.modules())
+
+
 # ----------------------------------------------------------------------------------------------
 # ViT-family token features arrive as (B, C, h, w) maps, class and register tokens dropped.
 
 
 def test_dinov2_tokens_become_maps_without_class_and_register_tokens():
-    from hf_freqkd.models import BackboneInfo
+    from hf_freqkd.models import backbone_info
 
     model = timm.create_model(
         "vit_small_patch14_reg4_dinov2", img_size=28, embed_dim=32, depth=2, num_heads=2, num_classes=10
     ).eval()
-    info = BackboneInfo.of(model)
+    info = backbone_info(model)
     assert (info.num_prefix_tokens, info.patch_size, info.layout) == (5, (14, 14), "tokens")
     tokens = {}
     model.blocks[1].register_forward_hook(lambda m, a, out: tokens.__setitem__("raw", out))

@@ -1,16 +1,21 @@
-"""load_model (timm names, folders, prefixes), load_checkpoint (files, folders, safety) and input configs."""
+"""load_model (timm names, folders, prefixes, missing folders, Hub ids offline), load_checkpoint (files, folders, safety) and input configs."""
 
 from __future__ import annotations
 
 import json
+import socket
+import time
 
+import huggingface_hub
 import pytest
 import timm
 import torch
 from safetensors.torch import save_file
 from transformers import ViTConfig, ViTForImageClassification
 
+from hf_freqkd.errors import MissingPathError, ModelError
 from hf_freqkd.models import load_checkpoint, load_model, model_num_classes, read_state_dict, resolve_input_config
+from hf_freqkd.sources import _probe_hub
 
 
 def tiny_vit_config(**overrides) -> ViTConfig:
@@ -135,6 +140,110 @@ def test_folder_with_foreign_config_json(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
+# Missing local folders and Hub ids: told apart before any download
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project folder as the working directory, holding a teacher exported to runs/digits/teacher/student."""
+    timm.models.save_for_hf(resnet(seed=0), str(tmp_path / "runs" / "digits" / "teacher" / "student"), safe_serialization=True)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def no_hub_download(monkeypatch):
+    """Fails the test if transformers is asked for a config, from the Hub or anywhere."""
+    import transformers
+
+    def refuse(name, *args, **kwargs):
+        pytest.fail(f"'{name}' was sent to transformers")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", refuse)
+
+
+def test_relative_teacher_folder_loads(project, images):
+    loaded = load_model("runs/digits/teacher/student").eval()
+    assert torch.equal(loaded(images), resnet(seed=0)(images))
+
+
+@pytest.mark.parametrize(
+    "source, near",
+    [
+        ("runs/digts/teacher/student", "runs/digits/teacher/student"),  # a typo: not a valid repo id either
+        ("runs/digits/teacher/studnet", "runs/digits/teacher/student"),
+        ("runs/teacher", None),  # a valid repo id, but runs/ is a local folder
+        ("./teacher", None),
+        ("teacher.safetensors", None),
+    ],
+)
+def test_missing_model_folder_is_not_taken_for_a_hub_id(project, no_hub_download, source, near):
+    start = time.perf_counter()
+    with pytest.raises(MissingPathError) as error:
+        load_model(source)
+    assert time.perf_counter() - start < 2
+    message = str(error.value)
+    assert message.startswith(f"model '{source}' does not exist (no ")
+    assert "local model folder" in message
+    assert (f"Did you mean '{near}'?" in message) == (near is not None)
+
+
+def test_weights_file_given_as_model_gets_a_hint(tmp_path):
+    save_file(resnet(0).state_dict(), str(tmp_path / "weights.safetensors"))
+    with pytest.raises(ModelError, match="is a file, not a model folder.*pass this file as its checkpoint"):
+        load_model(str(tmp_path / "weights.safetensors"))
+
+
+@pytest.mark.parametrize("source", ["some-org/not-cached-vit", "hf-hub:some-org/not-cached-resnet"])
+def test_hub_model_id_while_offline_is_one_fast_line(project, monkeypatch, source):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    start = time.perf_counter()
+    with pytest.raises(ModelError) as error:
+        load_model(source, num_classes=10)
+    assert time.perf_counter() - start < 5
+    message = str(error.value)
+    assert message.startswith(f"model '{source}' is not a local path (nothing of that name in {project})")
+    assert "not in the Hugging Face cache while HF_HUB_OFFLINE=1" in message and "\n" not in message
+
+
+def test_hub_model_id_without_network_is_not_retried(project, monkeypatch, no_hub_download):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{closed_port}")
+    _probe_hub.cache_clear()
+    try:
+        start = time.perf_counter()
+        with pytest.raises(ModelError, match="cannot be reached .*local model folder.*set HF_HUB_OFFLINE=1"):
+            load_model("some-org/vit")
+        assert time.perf_counter() - start < 5
+    finally:
+        _probe_hub.cache_clear()
+
+
+def test_hub_model_id_still_loads_from_a_hub_that_answers(tmp_path, monkeypatch):
+    # The Hub code path is kept: a loopback Hub serving a transformers config.json.
+    from tests.hub_server import LoopbackHub
+
+    with LoopbackHub() as hub:
+        repo = hub.recorder.create_repo("some-org/tiny-vit")
+        repo.trees[repo.branches["main"]] = {"config.json": tiny_vit_config().to_json_string().encode()}
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.endpoint)
+        monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub_cache"))
+        _probe_hub.cache_clear()
+        try:
+            model = load_model("some-org/tiny-vit", num_classes=3)
+        finally:
+            _probe_hub.cache_clear()
+    assert isinstance(model, ViTForImageClassification)
+    assert model_num_classes(model) == 3
+    assert any(path.startswith("/some-org/tiny-vit/resolve/") and path.endswith("/config.json") for _, path, _ in hub.recorder.requests)
+
+
+# ----------------------------------------------------------------------------------------------
 # load_checkpoint
 
 
@@ -213,6 +322,12 @@ def test_missing_checkpoint_names_the_path(tmp_path):
     path = str(tmp_path / "nowhere" / "weights.safetensors")
     with pytest.raises(FileNotFoundError, match="nowhere/weights.safetensors"):
         load_checkpoint(resnet(0), path)
+
+
+def test_missing_checkpoint_suggests_the_near_name(tmp_path):
+    (tmp_path / "run" / "checkpoint-20").mkdir(parents=True)
+    with pytest.raises(MissingPathError, match=r"checkpoint '.*checkpoint-2' does not exist .*Did you mean '.*run/checkpoint-20'\?"):
+        load_checkpoint(resnet(0), str(tmp_path / "run" / "checkpoint-2"))
 
 
 @pytest.mark.parametrize("name", ["garbage.safetensors", "garbage.pt", "garbage.bin"])

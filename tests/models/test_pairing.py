@@ -2,7 +2,7 @@
 
 import pytest
 
-from hf_freqkd.models.features import BackboneInfo
+from hf_freqkd.types import BackboneInfo
 from hf_freqkd.models.pairing import evenly_spaced, pair_layers
 
 CNN3 = BackboneInfo(("layer1", "layer2", "layer3"))

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 import hf_freqkd  # noqa: F401  registers the segfpn networks
 from hf_freqkd.export import export_student
-from hf_freqkd.models import BackboneInfo, FeatureExtractor, load_model, model_num_classes, resolve_input_config
+from hf_freqkd.models import FeatureExtractor, backbone_info, load_model, model_num_classes, resolve_input_config
 from hf_freqkd.models.segmentation import FPNSegmenter, is_segmentation_model
 
 
@@ -29,7 +29,7 @@ def test_input_config_and_stage_layers_are_the_backbones():
     config = resolve_input_config(model)
     assert config["input_size"] == (3, 32, 32)
     assert config["mean"] == timm.models.get_pretrained_cfg("resnet8").mean
-    info = BackboneInfo.of(model)
+    info = backbone_info(model)
     assert info.stage_layers == ("backbone.layer1", "backbone.layer2", "backbone.layer3")
     extractor = FeatureExtractor(model, info.stage_layers)
     output = extractor(torch.randn(1, 3, 32, 32))
@@ -51,7 +51,7 @@ def test_vit_backbone_features_are_token_grids_turned_into_maps():
     model = timm.create_model(
         "segfpn", backbone="vit_tiny_patch16_224", backbone_args={"img_size": 32, "depth": 2}, num_classes=3, head_channels=8
     )
-    info = BackboneInfo.of(model)
+    info = backbone_info(model)
     assert info.layout == "tokens" and info.patch_size == (16, 16) and info.num_prefix_tokens == 1
     output = FeatureExtractor(model, info.stage_layers[-1:])(torch.randn(1, 3, 32, 32))
     assert tuple(output.features["backbone.blocks.1"].shape) == (1, 192, 2, 2)

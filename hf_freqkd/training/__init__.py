@@ -1,0 +1,29 @@
+"""Pieces a ``transformers.Trainer`` subclass mixes in: atomic checkpoints, the non-finite loss guard,
+named loss terms in the logs, and datasets that format their own rows.
+
+``DistillationTrainer`` and FreeKD's ``PromptFittingTrainer`` share them. Two of them replace
+private Trainer methods; each such override is listed in :data:`PRIVATE_TRAINER_OVERRIDES` and
+``tests/training/test_private_overrides.py`` fails if transformers changes one of them.
+"""
+
+from .checkpointing import CHECKPOINT_STAGING_DIR, AtomicCheckpoints
+from .datasets import FormattedDatasets
+from .loss_terms import LossTermMeans
+from .nonfinite import NonFiniteLossError, NonFiniteLossGuard
+
+#: private ``transformers.Trainer`` methods overridden here -> the parameters they are expected to take
+PRIVATE_TRAINER_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "_save_checkpoint": ("self", "model", "trial"),
+    "_get_output_dir": ("self", "trial"),
+    "_remove_unused_columns": ("self", "dataset", "description"),
+}
+
+__all__ = [
+    "AtomicCheckpoints",
+    "CHECKPOINT_STAGING_DIR",
+    "FormattedDatasets",
+    "LossTermMeans",
+    "NonFiniteLossError",
+    "NonFiniteLossGuard",
+    "PRIVATE_TRAINER_OVERRIDES",
+]

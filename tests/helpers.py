@@ -1,0 +1,49 @@
+"""Builders shared by the tests that run a whole (tiny) training through ``run()`` or ``hf-freqkd``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: A run that takes seconds on one CPU core: the CIFAR-zoo resnet8 alone (ce), 16 digits at 8x8,
+#: one optimizer step, nothing saved, evaluated or reported.
+TINY_RUN: dict[str, Any] = {
+    "student_model": "resnet8",
+    "methods": {"ce": {}},
+    "dataset": "digits",
+    "image_size": 8,
+    "max_train_samples": 16,
+    "max_eval_samples": 16,
+    "per_device_train_batch_size": 8,
+    "per_device_eval_batch_size": 16,
+    "max_steps": 1,
+    "eval_strategy": "no",
+    "save_strategy": "no",
+    "report_to": "none",
+    "use_cpu": True,
+    "seed": 0,
+    "disable_tqdm": True,
+}
+
+
+def tiny_run_config(output_dir: str | Path | None = None, **overrides: Any) -> dict[str, Any]:
+    """The config of a tiny digits run (:data:`TINY_RUN`) with ``overrides`` applied on top.
+
+    ``output_dir`` is left out when None (a config that a test completes later). An override replaces
+    a key whole: ``methods={"kd": {}}`` drops the default ``ce``. The result is a fresh dict that the
+    caller may change, pass to ``run(..., defaults=...)`` or write with :func:`write_run_config`.
+    """
+    values = {key: (dict(value) if isinstance(value, dict) else value) for key, value in TINY_RUN.items()}
+    if output_dir is not None:
+        values["output_dir"] = str(output_dir)
+    values.update(overrides)
+    return values
+
+
+def write_run_config(path: str | Path, values: dict[str, Any]) -> Path:
+    """``values`` as a YAML config file at ``path``; keys set to None are left out (the key's default applies)."""
+    path = Path(path)
+    path.write_text(yaml.safe_dump({key: value for key, value in values.items() if value is not None}))
+    return path

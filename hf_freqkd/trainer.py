@@ -315,6 +315,22 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, FormattedDatase
         self.accelerator.wait_for_everyone()
         return folder
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """Save the student alone (timm / transformers format + model card) to ``output_dir``.
+
+        The Trainer's own ``save_model`` writes the Distiller (``student.model.*`` and method keys),
+        which is what a checkpoint must hold for an exact resume, so checkpoints (``_internal_call``)
+        keep it; a user's ``trainer.save_model(folder)`` gets a folder timm or transformers loads.
+        """
+        if _internal_call:
+            return super().save_model(output_dir, _internal_call=True)
+        from .export import export_student
+
+        folder = output_dir or self.args.output_dir
+        if self.is_world_process_zero():
+            export_student(self.student, folder, self.run_record, Path(folder).resolve().name)
+        self.accelerator.wait_for_everyone()
+
     def push_to_hub(self, commit_message: str | None = None, blocking: bool = True, token=None, revision=None, private=None, **kwargs):
         """Export the student alone (weights, config, model card) to ``output_dir/student`` and upload it.
 

@@ -186,7 +186,7 @@ CASES = [
     ("prompts_for_another_teacher", lambda a, t: {**KD, "methods": {"freekd": {"prompts_path": a["prompts_other"], "teacher_layers": ["layer3"]}}}, ["other.safetensors' has prompts of shape (4, 2, 7)", "needs shape (4, 2, 64)", "fitted for another teacher"]),
     ("prompts_file_missing", lambda a, t: {**KD, "methods": {"freekd": {"prompts_path": str(t / "p.safetensors")}}}, ["p.safetensors' does not exist", "fit-prompts"]),
     # --- output folder and resuming
-    ("output_dir_with_another_runs_checkpoints", lambda a, t: {"pre_checkpoint": True}, ["already holds checkpoints (checkpoint-100)", "resume_from_checkpoint=true", "another output_dir"]),
+    ("output_dir_with_another_runs_checkpoints", lambda a, t: {"pre_checkpoint": True}, ["already holds a run (checkpoint-100)", "resume_from_checkpoint=true", "another output_dir"]),
     ("output_dir_is_a_file", lambda a, t: {"output_dir_file": True}, ["exists and is not a folder"]),
     ("read_only_output_dir", lambda a, t: {"read_only": True}, ["is not writable", "permissions"]),
     ("resume_from_missing_checkpoint", lambda a, t: {"resume_from_checkpoint": str(t / "checkpoint-7")}, ["resume_from_checkpoint", "checkpoint-7' does not exist"]),

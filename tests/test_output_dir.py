@@ -79,3 +79,40 @@ def test_missing_resume_path_and_resume_without_checkpoints(tmp_path):
         check_output_dir(tmp_path / "run", resume=str(tmp_path / "nope"))
     with pytest.raises(ConfigError, match="holds no checkpoint"):
         check_output_dir(tmp_path / "run", resume=True)
+
+
+# -- through the command line: the two ways users lost or mislabelled a run ------------------------
+
+def _cli(tmp_path, *overrides):
+    from hf_freqkd.cli import main
+
+    base = [
+        "student_model=resnet8", "teacher_model=resnet8", "dataset=digits", "image_size=8", "max_train_samples=32",
+        "max_eval_samples=32", "num_train_epochs=1", "per_device_train_batch_size=16", "report_to=none",
+        "use_cpu=true", "disable_tqdm=true", "methods={ce: {weight: 0.1}, kd: {weight: 0.9, temperature: 4}}",
+        "learning_rate=0.05", f"output_dir={tmp_path / 'run'}",
+    ]
+    return main(["distill", *base, *overrides])
+
+
+def test_cli_resume_with_a_changed_config_is_refused_and_the_run_stays_as_it_was(tmp_path, capsys):
+    assert _cli(tmp_path, "save_strategy=epoch", "eval_strategy=epoch") == 0
+    record_before = (tmp_path / "run" / RUN_RECORD).read_text()
+    card_before = (tmp_path / "run" / "student" / "README.md").read_text()
+    code = _cli(tmp_path, "save_strategy=epoch", "eval_strategy=epoch", "methods.kd.temperature=2", "learning_rate=0.1",
+                "resume_from_checkpoint=true")
+    error = capsys.readouterr().err
+    assert code == 2
+    assert "learning_rate: 0.05 -> 0.1" in error and "'temperature': 4}} -> " in error and "'temperature': 2}}" in error
+    assert (tmp_path / "run" / RUN_RECORD).read_text() == record_before
+    assert (tmp_path / "run" / "student" / "README.md").read_text() == card_before
+    # The same settings resume (here: nothing left to train), and may change logging.
+    assert _cli(tmp_path, "save_strategy=epoch", "eval_strategy=epoch", "resume_from_checkpoint=true", "logging_steps=7") == 0
+
+
+def test_cli_refuses_a_folder_holding_a_finished_run_without_checkpoints(tmp_path, capsys):
+    assert _cli(tmp_path, "save_strategy=no", "eval_strategy=no") == 0
+    weights = (tmp_path / "run" / "student" / "model.safetensors").read_bytes()
+    assert _cli(tmp_path, "save_strategy=no", "eval_strategy=no", "seed=1") == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (tmp_path / "run" / "student" / "model.safetensors").read_bytes() == weights

@@ -136,11 +136,15 @@ def seeded_subset(dataset, max_samples: int | None, seed: int, label_column: str
 
     if not max_samples or max_samples >= len(dataset):
         return dataset
-    if label_column is not None and isinstance(dataset.features.get(label_column), datasets.ClassLabel):
-        class_counts = Counter(dataset[label_column])
-        if min(class_counts.values()) >= 2 and len(class_counts) <= min(max_samples, len(dataset) - max_samples):
-            return dataset.train_test_split(train_size=max_samples, seed=seed, stratify_by_column=label_column)["train"]
-    return dataset.shuffle(seed=seed).select(range(max_samples))
+    from .seeding import quiet_datasets
+
+    # A split of an already-selected dataset flattens its indices with a progress bar on stderr.
+    with quiet_datasets():
+        if label_column is not None and isinstance(dataset.features.get(label_column), datasets.ClassLabel):
+            class_counts = Counter(dataset[label_column])
+            if min(class_counts.values()) >= 2 and len(class_counts) <= min(max_samples, len(dataset) - max_samples):
+                return dataset.train_test_split(train_size=max_samples, seed=seed, stratify_by_column=label_column)["train"]
+        return dataset.shuffle(seed=seed).select(range(max_samples))
 
 
 def pick_split(splits: Sequence[str], wanted: str | None, role: str, candidates: Sequence[str]) -> str | None:

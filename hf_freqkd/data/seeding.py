@@ -10,6 +10,7 @@ Trainer already restores exactly; a resumed run then continues bit for bit.
 
 from __future__ import annotations
 
+
 import math
 import random
 from contextlib import contextmanager
@@ -53,7 +54,23 @@ def with_row_index(dataset):
     """``dataset`` with a ``ROW_INDEX_COLUMN`` of 0..n-1 (kept if already there)."""
     if ROW_INDEX_COLUMN in dataset.column_names:
         return dataset
-    return dataset.add_column(ROW_INDEX_COLUMN, list(range(len(dataset))))
+    with quiet_datasets():
+        # On a subset (max_train_samples) this flattens the selected rows, with a progress bar.
+        return dataset.add_column(ROW_INDEX_COLUMN, list(range(len(dataset))))
+
+
+@contextmanager
+def quiet_datasets():
+    """No ``datasets`` progress bars inside: internal copies are not worth a line on stderr."""
+    from datasets.utils import logging as datasets_logging
+
+    was_on = datasets_logging.is_progress_bar_enabled()
+    datasets_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            datasets_logging.enable_progress_bar()
 
 
 def dataset_seeding(dataset) -> SeededAugmentation | None:

@@ -248,7 +248,7 @@ def _one_line(error: BaseException) -> str:
 
 
 def _interrupted(interrupt: KeyboardInterrupt) -> str:
-    """One line: where the run stopped and how to go on (``hf_freqkd.run.run`` sets the attributes)."""
+    """One line: where the run stopped and how to go on (``DistillationTrainer.train`` sets the attributes)."""
     step = getattr(interrupt, "global_step", None)
     if step is None:
         return "interrupted (Ctrl-C)"

@@ -3,7 +3,8 @@
 The command line maps them to exit codes (see :mod:`hf_freqkd.cli`):
 
 * :class:`BadInputError` (and its subclasses): the user's config, data, model or options are wrong.
-  Raised before any training starts or any file is written; printed as one line, exit code 2.
+  Raised before any training starts or any file is written wherever it can be detected then (a
+  corrupt image met only while training is bad input too); printed as one line, exit code 2.
   Subclasses of ``ValueError`` (and ``FileNotFoundError`` for missing paths), so code that already
   catches those keeps working.
 * :class:`TrainingError`: the run started and failed (a non-finite loss, non-finite final weights,

@@ -135,6 +135,10 @@ def _run_outputs(output_dir: Path, checkpoints: list[str]) -> list[str]:
     held = list(checkpoints[:3])
     if (output_dir / STUDENT_EXPORT_DIR / "config.json").is_file():
         held.append(f"an exported student in {STUDENT_EXPORT_DIR}/")
+    if not held:
+        # A record alone (a run interrupted or failed before its first checkpoint) holds nothing to lose:
+        # running the same command again starts over, as the interrupt message says.
+        return held
     record = read_record(output_dir)
     if record is not None:
         held.append(f"{RUN_RECORD} of a {record.get('status', 'started')} run")

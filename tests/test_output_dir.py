@@ -116,3 +116,8 @@ def test_cli_refuses_a_folder_holding_a_finished_run_without_checkpoints(tmp_pat
     assert _cli(tmp_path, "save_strategy=no", "eval_strategy=no", "seed=1") == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (tmp_path / "run" / "student" / "model.safetensors").read_bytes() == weights
+
+
+def test_a_record_alone_does_not_block_starting_again(tmp_path):
+    write_record(tmp_path / "run", {"status": "interrupted", "settings": _settings(tmp_path)})
+    check_output_dir(tmp_path / "run")

@@ -20,6 +20,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from ..errors import MethodOptionsError
+
 PTWT_MODES = ("symmetric", "zero", "reflect", "periodic", "constant")
 MATRIX_MODES = ("symmetric", "zero", "reflect", "periodic", "constant", "periodization", "smooth", "antisymmetric", "antireflect")
 
@@ -29,7 +31,7 @@ def check_wavelet(name: str):
     import pywt
 
     if name not in pywt.wavelist(kind="discrete"):
-        raise ValueError(
+        raise MethodOptionsError(
             f"wavelet '{name}' is not a discrete wavelet PyWavelets knows; families: "
             f"{', '.join(pywt.families(short=True))} (e.g. haar, db2, sym4, coif1, bior2.2)"
         )
@@ -48,7 +50,7 @@ def wavedec(signal: torch.Tensor, wavelet: str, level: int, mode: str) -> list[t
     import ptwt
 
     if mode not in PTWT_MODES:
-        raise ValueError(f"mode '{mode}' is not supported by ptwt; expected one of {', '.join(PTWT_MODES)}")
+        raise MethodOptionsError(f"mode '{mode}' is not supported by ptwt; expected one of {', '.join(PTWT_MODES)}")
     return ptwt.wavedec(signal.float(), wavelet, mode=mode, level=level, axis=-1)
 
 
@@ -81,7 +83,7 @@ class WaveletBandOperator:
 
     def __init__(self, wavelet: str, length: int, level: int, mode: str):
         if mode not in MATRIX_MODES:
-            raise ValueError(f"mode '{mode}' is unknown; expected one of {', '.join(MATRIX_MODES)}")
+            raise MethodOptionsError(f"mode '{mode}' is unknown; expected one of {', '.join(MATRIX_MODES)}")
         self.wavelet, self.length, self.level, self.mode = wavelet, length, level, mode
         analysis, band_slices, synthesis = _transform_matrices(wavelet, length, level, mode)
         self.analysis = torch.from_numpy(analysis)  # (K, length): coefficients = analysis @ z

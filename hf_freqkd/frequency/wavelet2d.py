@@ -39,6 +39,8 @@ import ptwt
 import pywt
 import torch
 
+from ..errors import MethodOptionsError
+
 #: boundary modes ptwt's wavedec2 accepts; "zero" (= "constant") is FreeKD's.
 BOUNDARY_MODES = ("zero", "constant", "reflect", "periodic", "symmetric")
 #: names of the three high bands of a level, in the order of dimension 2 of ``WaveletBands.high[l]``.
@@ -90,13 +92,13 @@ def _discrete_wavelets() -> frozenset[str]:
 def check_wavelet_settings(wavelet: str, levels: int, mode: str, backend: str = "auto") -> None:
     """Raise a ``ValueError`` naming the first bad setting."""
     if not is_discrete_wavelet(wavelet):
-        raise ValueError(f"wavelet {wavelet!r} is not a discrete wavelet pywt knows (e.g. haar, db2, sym4)")
+        raise MethodOptionsError(f"wavelet {wavelet!r} is not a discrete wavelet pywt knows (e.g. haar, db2, sym4)")
     if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
-        raise ValueError(f"levels = {levels!r} is invalid: expected an integer >= 1")
+        raise MethodOptionsError(f"levels = {levels!r} is invalid: expected an integer >= 1")
     if mode not in BOUNDARY_MODES:
-        raise ValueError(f"boundary mode {mode!r} is invalid: expected one of {', '.join(BOUNDARY_MODES)}")
+        raise MethodOptionsError(f"boundary mode {mode!r} is invalid: expected one of {', '.join(BOUNDARY_MODES)}")
     if backend not in BACKENDS:
-        raise ValueError(f"backend {backend!r} is invalid: expected one of {', '.join(BACKENDS)}")
+        raise MethodOptionsError(f"backend {backend!r} is invalid: expected one of {', '.join(BACKENDS)}")
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -184,9 +186,9 @@ def wavelet_decompose(
 def wavelet_reconstruct(bands: WaveletBands, wavelet: str = "haar", backend: str = "auto") -> torch.Tensor:
     """Inverse of :func:`wavelet_decompose`, cropped to the decomposed map's ``(H, W)``."""
     if not is_discrete_wavelet(wavelet):
-        raise ValueError(f"wavelet {wavelet!r} is not a discrete wavelet pywt knows (e.g. haar, db2, sym4)")
+        raise MethodOptionsError(f"wavelet {wavelet!r} is not a discrete wavelet pywt knows (e.g. haar, db2, sym4)")
     if backend not in BACKENDS:
-        raise ValueError(f"backend {backend!r} is invalid: expected one of {', '.join(BACKENDS)}")
+        raise MethodOptionsError(f"backend {backend!r} is invalid: expected one of {', '.join(BACKENDS)}")
     dtype = _compute_dtype(bands.low.dtype)
     height, width = bands.size
     with _autocast_off(bands.low.device):

@@ -41,6 +41,8 @@ from torch import nn
 
 from ..frequency.wavelet2d import WaveletBands
 
+from ..errors import MissingPathError, ModelError
+
 DISSIMILARITIES = ("jaccard", "dice")
 PROMPTS_FORMAT = "hf_freqkd.frequency_prompts"
 PROMPTS_FORMAT_VERSION = "1"
@@ -234,15 +236,15 @@ def load_prompts(path: str | os.PathLike) -> PromptsFile:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"prompts file '{path}' does not exist")
+        raise MissingPathError(f"prompts file '{path}' does not exist")
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = dict(handle.metadata() or {})
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except Exception as error:  # noqa: BLE001 - any reader failure means "not a prompts file"
-        raise ValueError(f"'{path}' could not be read as a safetensors file: {error}") from None
+        raise ModelError(f"'{path}' could not be read as a safetensors file: {error}") from None
     if metadata.get("format") != PROMPTS_FORMAT:
-        raise ValueError(f"'{path}' is not a frequency prompts file (written by hf-freqkd fit-prompts): its metadata has no format '{PROMPTS_FORMAT}'")
+        raise ModelError(f"'{path}' is not a frequency prompts file (written by hf-freqkd fit-prompts): its metadata has no format '{PROMPTS_FORMAT}'")
     layers = json.loads(metadata["layers"])
     return PromptsFile(
         prompts={layer: tensors[layer] for layer in layers},

@@ -71,6 +71,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ModelError
 from ..layers.frequency_attention import FrequencyAttention, LocalSelfAttention, SingleValueSafeBatchNorm2d
 from ..models.pairing import pair_layers
 from ..types import FeatureRequest, LogitsAndFeatures
@@ -256,12 +257,12 @@ class _FrequencyAttentionDistillation(DistillationMethod):
         for student_layer, teacher_layer in self.pairs:
             student_shape, teacher_shape = student_shapes[student_layer], teacher_shapes[teacher_layer]
             if len(teacher_shape) != 4 or min(teacher_shape[1:]) < 1:
-                raise ValueError(
+                raise ModelError(
                     f"{self.name}: teacher feature '{teacher_layer}' has shape {tuple(teacher_shape)}, not a (B, C, H, W) map; "
                     "set teacher_layers to modules that output spatial maps"
                 )
             if len(student_shape) != 4 or min(student_shape[1:]) < 1:
-                raise ValueError(
+                raise ModelError(
                     f"{self.name}: student feature '{student_layer}' has shape {tuple(student_shape)}, not a (B, C, H, W) map, "
                     f"so it cannot be resized to the {teacher_shape[2]}x{teacher_shape[3]} of teacher feature '{teacher_layer}'; "
                     "set student_layers to modules that output spatial maps"
@@ -336,7 +337,7 @@ class FrequencyAttentionReview(_FrequencyAttentionDistillation):
             return deepest_channels
         shape = shapes[layer]
         if not (len(shape) == 2 or len(shape) == 4 and tuple(shape[2:]) == (1, 1)):
-            raise ValueError(
+            raise ModelError(
                 f"{self.name}: {role}_pooled_layer '{layer}' outputs {tuple(shape)}; expected a pooled (B, C) or (B, C, 1, 1) feature"
             )
         return shape[1]

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import MethodOptionsError, MissingPathError, ModelError
 from ..frequency.wavelet2d import BACKENDS, BOUNDARY_MODES, is_discrete_wavelet, wavelet_decompose
 from ..layers.frequency_prompts import (
     DISSIMILARITIES,
@@ -166,11 +167,11 @@ def resolve_layer_pairs(options: FreeKDOptions, student: BackboneInfo, teacher: 
 
 def _deepest(info: BackboneInfo, count: int, role: str) -> list[str]:
     if not info.stage_layers:
-        raise ValueError(f"freekd: the {role} exposes no stage layers; set {role}_layers to module names")
+        raise MethodOptionsError(f"freekd: the {role} exposes no stage layers; set {role}_layers to module names")
     try:
         return evenly_spaced(info.stage_layers, count)
     except ValueError as error:
-        raise ValueError(f"freekd: {error}; set {role}_layers explicitly") from None
+        raise MethodOptionsError(f"freekd: {error}; set {role}_layers explicitly") from None
 
 
 @register_method
@@ -187,7 +188,7 @@ class FreeKD(DistillationMethod):
 
     def feature_request(self, student: BackboneInfo, teacher: BackboneInfo | None) -> FeatureRequest:
         if teacher is None:
-            raise ValueError("freekd needs a teacher")
+            raise MethodOptionsError("freekd needs a teacher")
         self.pairs = resolve_layer_pairs(self.options, student, teacher)
         return FeatureRequest(student=tuple(s for s, _ in self.pairs), teacher=tuple(t for _, t in self.pairs))
 
@@ -196,7 +197,7 @@ class FreeKD(DistillationMethod):
         for student_layer, teacher_layer in self.pairs:
             for role, layer, shape in (("student", student_layer, student_shapes[student_layer]), ("teacher", teacher_layer, teacher_shapes[teacher_layer])):
                 if len(shape) != 4:
-                    raise ValueError(f"freekd: the {role} feature '{layer}' has shape {tuple(shape)}, not a (B, C, H, W) map")
+                    raise ModelError(f"freekd: the {role} feature '{layer}' has shape {tuple(shape)}, not a (B, C, H, W) map")
         self.adapters = nn.ModuleList(
             nn.Conv2d(student_shapes[s][1], teacher_shapes[t][1], kernel_size=1) for s, t in self.pairs
         )
@@ -220,7 +221,7 @@ class FreeKD(DistillationMethod):
         try:
             file = load_prompts(options.prompts_path)
         except FileNotFoundError:
-            raise FileNotFoundError(
+            raise MissingPathError(
                 f"freekd: prompts file '{options.prompts_path}' does not exist. Fit the prompts first with "
                 "`hf-freqkd fit-prompts --config <this config>` (stage 1 writes methods.freekd.prompts_path), "
                 "or set masks: uniform to distil without prompts"
@@ -228,19 +229,19 @@ class FreeKD(DistillationMethod):
         source = f"prompts file '{options.prompts_path}'"
         missing = [layer for layer in channels if layer not in file.prompts]
         if missing:
-            raise ValueError(
+            raise MethodOptionsError(
                 f"freekd: {source} holds prompts for teacher layer(s) {', '.join(file.layers)} but freekd distils "
                 f"{', '.join(channels)}: fit prompts for these layers (or set teacher_layers to the file's)"
             )
         settings = {"levels": (file.levels, options.levels), "wavelet": (file.wavelet, options.wavelet), "mode": (file.mode, options.mode)}
         for name, (fitted, configured) in settings.items():
             if fitted != configured:
-                raise ValueError(f"freekd: {source} was fitted with {name} = {fitted!r} but the options say {name} = {configured!r}")
+                raise MethodOptionsError(f"freekd: {source} was fitted with {name} = {fitted!r} but the options say {name} = {configured!r}")
         for layer, width in channels.items():
             shape = tuple(file.prompts[layer].shape)
             expected = (options.levels + 1, options.num_prompts, width)
             if shape != expected:
-                raise ValueError(
+                raise MethodOptionsError(
                     f"freekd: {source} has prompts of shape {shape} for teacher layer '{layer}', but this teacher's "
                     f"'{layer}' ({width} channels) with levels = {options.levels} and num_prompts = {options.num_prompts} "
                     f"needs shape {expected}: the prompts were fitted for another teacher, layer or setting"

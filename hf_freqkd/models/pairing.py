@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..errors import MethodOptionsError
 from ..types import BackboneInfo
 
 
 def evenly_spaced(layers: Sequence[str], count: int) -> list[str]:
     """``count`` layers spread over ``layers``, the last one included (deepest knowledge last)."""
     if count > len(layers):
-        raise ValueError(f"cannot pick {count} layers out of {len(layers)} ({', '.join(layers)})")
+        raise MethodOptionsError(f"cannot pick {count} layers out of {len(layers)} ({', '.join(layers)})")
     step = len(layers) / count
     return [layers[round((i + 1) * step) - 1] for i in range(count)]
 
@@ -32,7 +33,7 @@ def pair_layers(
     """``[(student_layer, teacher_layer), ...]`` from shallow to deep."""
     if student_layers and teacher_layers:
         if len(student_layers) != len(teacher_layers):
-            raise ValueError(
+            raise MethodOptionsError(
                 f"{method}: student_layers has {len(student_layers)} entries but teacher_layers has "
                 f"{len(teacher_layers)}; they are paired in order and must have the same length"
             )
@@ -41,7 +42,7 @@ def pair_layers(
     teacher_side = list(teacher_layers or teacher.stage_layers)
     if not student_side or not teacher_side:
         empty = "student" if not student_side else "teacher"
-        raise ValueError(f"{method}: the {empty} exposes no stage layers; set {empty}_layers to module names")
+        raise MethodOptionsError(f"{method}: the {empty} exposes no stage layers; set {empty}_layers to module names")
     if len(student_side) == len(teacher_side):
         return list(zip(student_side, teacher_side))
     student_is_vit = student.layout != "maps" and not student_layers
@@ -50,7 +51,7 @@ def pair_layers(
         return list(zip(evenly_spaced(student_side, len(teacher_side)), teacher_side))
     if teacher_is_vit and len(teacher_side) > len(student_side):
         return list(zip(student_side, evenly_spaced(teacher_side, len(student_side))))
-    raise ValueError(
+    raise MethodOptionsError(
         f"{method}: the student has {len(student_side)} stage layers ({', '.join(student_side)}) and the teacher "
         f"{len(teacher_side)} ({', '.join(teacher_side)}); set student_layers and teacher_layers to pair them explicitly"
     )

@@ -31,6 +31,8 @@ from torch import nn
 
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 
+from ..errors import ModelError
+
 #: variants registered as ``segfpn_<backbone>``: the CIFAR zoo's ResNets and timm's ImageNet ResNets
 BACKBONE_VARIANTS = ("resnet8", "resnet20", "resnet8x4", "resnet32x4", "resnet18", "resnet34", "resnet50")
 DEFAULT_BACKBONE = "resnet8"
@@ -73,20 +75,20 @@ class FPNSegmenter(nn.Module):
         import timm
 
         if num_classes < 1:
-            raise ValueError(f"num_classes = {num_classes} is invalid: a segmentation network needs at least one class")
+            raise ModelError(f"num_classes = {num_classes} is invalid: a segmentation network needs at least one class")
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.backbone = timm.create_model(
             backbone, pretrained=backbone_pretrained, num_classes=0, in_chans=in_chans, **dict(backbone_args or {})
         )
         if not hasattr(self.backbone, "forward_intermediates"):
-            raise ValueError(f"backbone '{backbone}' has no forward_intermediates in timm, so its stages cannot feed the head")
+            raise ModelError(f"backbone '{backbone}' has no forward_intermediates in timm, so its stages cannot feed the head")
         stages = list(self.backbone.feature_info)
         if out_indices is None:
             out_indices = range(max(len(stages) - 4, 0), len(stages))
         self.out_indices = [int(i) % len(stages) for i in out_indices]
         if not self.out_indices or len(set(self.out_indices)) != len(self.out_indices):
-            raise ValueError(f"out_indices = {list(out_indices)} is invalid: expected distinct stage indices of {len(stages)} stages")
+            raise ModelError(f"out_indices = {list(out_indices)} is invalid: expected distinct stage indices of {len(stages)} stages")
         chosen = [stages[i] for i in self.out_indices]
         self.feature_info = [dict(info, module=f"{self.feature_backbone}.{info['module']}") for info in chosen]
         self.num_features = head_channels
@@ -132,7 +134,7 @@ def is_segmentation_model(model: nn.Module) -> bool:
     """
     name = type(model).__name__
     if name.endswith("ForSemanticSegmentation"):
-        raise ValueError(
+        raise ModelError(
             f"{name}: transformers segmentation models are not supported yet (their logits are smaller than the input); "
             "use a segfpn network, e.g. segfpn_resnet18 (hf_freqkd.models.segmentation)"
         )
@@ -149,7 +151,7 @@ def _create_segfpn(variant: str, pretrained: bool = False, **kwargs: Any) -> FPN
         # Input size and normalisation are the backbone's (its pretrained weights expect them).
         source = timm.models.get_pretrained_cfg(backbone)
         if source is None:
-            raise ValueError(f"backbone '{backbone}' is not a timm model name")
+            raise ModelError(f"backbone '{backbone}' is not a timm model name")
         overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
         for key in ("input_size", "mean", "std", "interpolation"):
             overlay.setdefault(key, getattr(source, key))
@@ -174,7 +176,7 @@ default_cfgs = generate_default_cfgs({"segfpn": _cfg(), **{f"segfpn_{name}": _cf
 
 def _variant(backbone: str, pretrained: bool, kwargs: dict[str, Any]) -> FPNSegmenter:
     if kwargs.setdefault("backbone", backbone) != backbone:
-        raise ValueError(f"segfpn_{backbone} has the backbone {backbone}, not {kwargs['backbone']}; use segfpn with backbone=...")
+        raise ModelError(f"segfpn_{backbone} has the backbone {backbone}, not {kwargs['backbone']}; use segfpn with backbone=...")
     return _create_segfpn(f"segfpn_{backbone}", pretrained, **kwargs)
 
 

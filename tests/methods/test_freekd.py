@@ -139,12 +139,13 @@ def test_prompts_frozen_adapters_trained_and_checkpointed_nothing_exported(tmp_p
 
 def test_resuming_restores_the_prompts_the_run_started_with(tmp_path, digits, prompts_file):
     started_with = load_file(prompts_file)[TEACHER_LAYER]
-    args = config(tmp_path, freekd(prompts_file), max_steps=1, save_strategy="steps", save_steps=1)
+    args = config(tmp_path, freekd(prompts_file), max_steps=2, save_strategy="steps", save_steps=1)
     DistillationTrainer(model=model("resnet8", seed=2), teacher=teacher(), args=args, train_dataset=formatted(digits, 8)).train()
     save_prompts(prompts_file, {TEACHER_LAYER: torch.randn(4, 2, TEACHER_WIDTH)}, wavelet="haar", mode="zero", levels=3)  # re-fitted
-    args = config(tmp_path, freekd(prompts_file), max_steps=2, save_strategy="no")
+    args = config(tmp_path, freekd(prompts_file), max_steps=2, save_strategy="no")  # the same run, resumed at step 1
     trainer = DistillationTrainer(model=model("resnet8", seed=2), teacher=teacher(), args=args, train_dataset=formatted(digits, 8))
-    trainer.train(resume_from_checkpoint=True)
+    trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-1"))
+    assert trainer.state.global_step == 2
     assert torch.equal(trainer.model.methods["freekd"].prompts.prompt(TEACHER_LAYER), started_with)
 
 

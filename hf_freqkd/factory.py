@@ -144,8 +144,8 @@ def resolve_task(task: Task | str | None, student: nn.Module) -> Task:
     if task.matches(student) or isinstance(task, type(solved)):
         return task
     raise ModelError(
-        f"task '{task.name}' needs {task.model_kind}, but the student {type(student).__name__} is {solved.model_kind}; "
-        f"set task: {solved.name}, or use a student for {task.name}"
+        f"task '{task.name}' needs {task.model_kind}, but the student {type(student).__name__} is {solved.model_kind}: "
+        f"use a student for {task.name}{f' (e.g. {task.example_model})' if task.example_model else ''}, or set task: {solved.name}"
     )
 
 

@@ -70,7 +70,7 @@ def test_logit_methods_and_mismatched_tasks_are_refused(tmp_path):
     base = {**COMMON, "max_steps": 1, "output_dir": str(tmp_path / "r")}
     with pytest.raises(ValueError, match=r"method\(s\) kd do not apply to segmentation .* methods that do: ce, .*freekd"):
         prepare_run("distill", defaults={**base, "student_model": "segfpn_resnet8", "teacher_model": "segfpn_resnet20", "methods": {"ce": {}, "kd": {}}})
-    with pytest.raises(ValueError, match="the student is an image classifier but the training rows hold a \\(H, W\\) mask as labels: use a segmentation network"):
+    with pytest.raises(ValueError, match=r"task 'segmentation' needs a segmentation network .* but the student CifarResNet is an image classifier: use a student for segmentation \(e.g. segfpn_resnet18"):
         prepare_run("teacher", defaults={**base, "student_model": "resnet8"})
     with pytest.raises(ValueError, match="the student FPNSegmenter is a segmentation network .* but the teacher CifarResNet is an image classifier"):
         prepare_run("distill", defaults={**base, "student_model": "segfpn_resnet8", "teacher_model": "resnet20", "methods": {"ce": {}, "freekd": {"masks": "uniform"}}})

@@ -51,6 +51,8 @@ class Task:
     label_dims: ClassVar[int]
     #: what the rows must look like, for the message when they do not
     label_hint: ClassVar[str]
+    #: a registered network of this task, for messages that suggest one
+    example_model: ClassVar[str] = ""
     #: the transformers auto class an exported student of this task loads with (timm students too, through
     #: transformers' TimmWrapper), or None when transformers has no auto class for it; model cards show it
     transformers_auto_class: ClassVar[str | None] = None

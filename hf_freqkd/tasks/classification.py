@@ -19,6 +19,7 @@ class ClassificationTask(Task):
     card_metrics = {"accuracy": ("accuracy", "Top-1 accuracy")}
     label_dims = 0
     label_hint = "use a segmentation network, e.g. segfpn_resnet18 (see hf_freqkd.models.segmentation)"
+    example_model = "resnet18"
     transformers_auto_class = "AutoModelForImageClassification"
 
     def matches(self, model: nn.Module) -> bool:

@@ -33,6 +33,7 @@ class SegmentationTask(Task):
     }
     label_dims = 2
     label_hint = "set task: segmentation in the config (image + mask columns)"
+    example_model = "segfpn_resnet18 (hf_freqkd.models.segmentation)"
     preprocess_logits_for_metrics = staticmethod(_class_per_pixel)
 
     def matches(self, model: nn.Module) -> bool:

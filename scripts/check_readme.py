@@ -26,7 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"^```(bash|python)\n(.*?)^```", re.S | re.M)
-SKIPPED = ("pip install", "python -m pytest")
+SKIPPED = ("pip install", "python -m pytest", "HF_HUB_OFFLINE=1 python -m pytest")
 TRAINING_COMMAND = re.compile(r"(hf-freqkd (train-teacher|distill|fit-prompts)|scripts/(distill|train_teacher|fit_prompts)\.py)\b")
 
 

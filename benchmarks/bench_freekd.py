@@ -113,7 +113,7 @@ def band_loss_timings(shapes: list[tuple[int, int, int, int]], num_prompts: int,
     so that load from other processes hits all of them alike."""
     DWTForward = import_pytorch_wavelets()
     names = [
-        "ours (default: matrix backend at these sizes)",
+        "ours (default: haar backend)",
         "ours, ptwt backend",
         "ours on pytorch_wavelets' DWT",
         "released code (pytorch_wavelets, broadcast)",

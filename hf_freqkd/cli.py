@@ -7,6 +7,7 @@
     hf-freqkd demo [--output-dir D]                     offline digits demo: teacher, KD, scratch
     hf-freqkd benchmark quality --config B.yaml         every method, one teacher, seeds: table, CSV, chart
     hf-freqkd benchmark speed [--pairs ...]             step time and peak memory against the limit
+    hf-freqkd benchmark data [--dataset D]              images/s of the training transform against plain torchvision
     hf-freqkd spectrum --teacher T --student S          logit / feature energy per frequency band: PNGs + JSON
     hf-freqkd export --run DIR [--checkpoint C] [--to D]  the student alone + model card, in timm/transformers format
     hf-freqkd push --run DIR --repo-id USER/NAME        upload the exported student to the Hugging Face Hub

@@ -71,6 +71,19 @@ class DistillationConfig(TrainingArguments):
             inf does. ``stop``: raise an error naming the term and the step, before the step is
             applied. ``skip``: drop that optimizer update (weights and optimizer state unchanged; the
             learning-rate schedule still advances), log a warning and count it as ``skipped_steps``.
+
+    Data loading (``TrainingArguments`` fields whose defaults depend on the machine):
+        dataloader_num_workers (`int`, *optional*):
+            DataLoader worker processes. Unset: none when training on the CPU (the training step
+            needs the cores far more than the batched transform does), else
+            ``min(4, CPUs per local process - 1)``.
+        dataloader_persistent_workers (`bool`, *optional*):
+            Keep the workers from one epoch to the next. Unset: on whenever there are workers (the
+            augmentation's epoch reaches them through shared memory, see
+            :class:`hf_freqkd.data.seeding.SeededAugmentation`).
+        dataloader_pin_memory (`bool`, defaults to `True`):
+            Turned off when there is no accelerator to copy to (or ``use_cpu``), where it does nothing
+            but warn at every epoch.
     """
 
     teacher_model: Optional[str] = field(default=None, metadata={"help": "Teacher source: timm name, folder or Hub id."})
@@ -93,6 +106,12 @@ class DistillationConfig(TrainingArguments):
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow Hub code for transformers models."})
     nonfinite_loss: str = field(
         default="stop", metadata={"help": "A NaN/inf loss term: 'stop' the run (naming term and step) or 'skip' the update."}
+    )
+    dataloader_num_workers: Optional[int] = field(
+        default=None, metadata={"help": "DataLoader worker processes; unset: 0 on the CPU, min(4, CPUs - 1) with an accelerator."}
+    )
+    dataloader_persistent_workers: Optional[bool] = field(
+        default=None, metadata={"help": "Keep DataLoader workers between epochs; unset: on when there are workers."}
     )
 
     def __post_init__(self) -> None:
@@ -127,7 +146,21 @@ class DistillationConfig(TrainingArguments):
         if self.max_steps <= 0 and not (math.isfinite(self.num_train_epochs) and self.num_train_epochs > 0):
             raise ConfigError(f"num_train_epochs = {self.num_train_epochs} is invalid: expected a number > 0 (or set max_steps)")
         self._bf16_on_cpu_when_no_accelerator()
+        self._dataloader_defaults()
         super().__post_init__()
+
+    def _dataloader_defaults(self) -> None:
+        """Workers, persistent workers and pinned memory for this machine (see the class docstring)."""
+        accelerator = None if self.use_cpu else accelerator_type()
+        if self.dataloader_num_workers is None:
+            self.dataloader_num_workers = default_dataloader_workers() if accelerator else 0
+        if self.dataloader_num_workers < 0:
+            raise ConfigError(f"dataloader_num_workers = {self.dataloader_num_workers} is invalid: expected an integer >= 0")
+        if self.dataloader_persistent_workers is None:
+            self.dataloader_persistent_workers = self.dataloader_num_workers > 0
+        # torch cannot pin memory for MPS, and without an accelerator pinning does nothing but warn.
+        if accelerator in (None, "mps"):
+            self.dataloader_pin_memory = False
 
     def _bf16_on_cpu_when_no_accelerator(self) -> None:
         """``bf16: true`` on a machine without an accelerator trains on the CPU in bf16 (``use_cpu``).
@@ -158,6 +191,25 @@ class DistillationConfig(TrainingArguments):
     @property
     def needs_teacher(self) -> bool:
         return any(method.uses_teacher for method in build_methods(self.methods))
+
+
+def accelerator_type() -> str | None:
+    """The accelerator torch would train on ("cuda", "mps", "xpu", ...), or None on a CPU-only machine."""
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None:
+        return accelerator.current_accelerator().type if accelerator.is_available() else None
+    return "cuda" if torch.cuda.is_available() else None
+
+
+def default_dataloader_workers() -> int:
+    """Workers per training process with an accelerator: up to 4, leaving each process a core of its own."""
+    import os
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(4, cpus // local_processes - 1))
 
 
 @dataclass
@@ -191,7 +243,7 @@ class DataArguments:
 
     dataset: str = field(
         default="digits",
-        metadata={"help": "'digits' (bundled), 'shapes_segmentation' (generated), a Hub id, an image folder or a .parquet path."},
+        metadata={"help": "'digits' (bundled), 'shapes_segmentation' / 'shapes_detection' (generated), a Hub id, an image folder or a .parquet path."},
     )
     dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Configuration name of a Hub dataset."})
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
@@ -206,7 +258,7 @@ class DataArguments:
     label_column: Optional[str] = field(default=None, metadata={"help": "Label column; detected when unset."})
     task: str = field(
         default="classification",
-        metadata={"help": "'classification' (one label per image) or 'segmentation' (a class-id mask per image)."},
+        metadata={"help": "'classification' (one label per image), 'segmentation' (a class-id mask per image) or 'detection' (boxes and classes per image)."},
     )
     mask_column: Optional[str] = field(
         default=None, metadata={"help": "Segmentation: column of class-id mask images; detected when unset."}
@@ -215,6 +267,10 @@ class DataArguments:
     reduce_labels: bool = field(
         default=False,
         metadata={"help": "Segmentation: mask value 0 is ignored and every other value v is class v - 1 (ADE20k / scene_parse_150)."},
+    )
+    bbox_format: str = field(
+        default="xywh",
+        metadata={"help": "Detection: how the objects column's bbox lists are laid out, in pixels: 'xywh' (COCO [x, y, w, h]) or 'xyxy' (Pascal VOC corners [x1, y1, x2, y2])."},
     )
     image_size: Optional[int] = field(
         default=None, metadata={"help": "Square input size; the student's pretrained config when unset."}
@@ -226,6 +282,7 @@ class DataArguments:
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
 
     def __post_init__(self) -> None:
+        from .data.detection import BBOX_FORMATS, check_bbox_format
         from .data.loading import AUGMENTATIONS
 
         if self.augmentation not in AUGMENTATIONS:
@@ -240,8 +297,11 @@ class DataArguments:
             raise ConfigError(f"task = {self.task!r} is invalid: expected one of {', '.join(TASKS)}")
         if self.task == "segmentation" and self.label_column is not None:
             raise ConfigError(f"label_column = {self.label_column!r} is set with task: segmentation; name the mask column with mask_column")
-        if self.task == "classification" and (self.mask_column is not None or self.reduce_labels):
+        if self.task != "segmentation" and (self.mask_column is not None or self.reduce_labels):
             raise ConfigError("mask_column and reduce_labels apply to task: segmentation; set task: segmentation or remove them")
+        check_bbox_format(self.bbox_format)
+        if self.task != "detection" and self.bbox_format != BBOX_FORMATS[0]:
+            raise ConfigError(f"bbox_format = {self.bbox_format!r} applies to task: detection; set task: detection or remove it")
         if self.ignore_index < 0:
             raise ConfigError(f"ignore_index = {self.ignore_index} is invalid: expected a mask value >= 0 (255 in most datasets)")
 

@@ -54,14 +54,16 @@ class Distiller(nn.Module):
         teacher_features: dict[str, torch.Tensor] | None = None,
         warmup_factor: float = 1.0,
     ) -> DistillerOutput:
-        student = self.student(pixel_values)
+        student = self.student(pixel_values, labels)
         if labels is None:
             return DistillerOutput(logits=student.logits)
-        if teacher_logits is None and not self.training:
+        has_teacher = teacher_logits is not None or bool(teacher_features)
+        if not has_teacher and not self.training:
             # Evaluation reports the student's plain task loss, not the mixed training loss.
-            loss = self.task.eval_loss(student.logits, labels)
+            loss = self.task.eval_loss(student, labels)
             return DistillerOutput(loss=loss, logits=student.logits)
-        teacher = None if teacher_logits is None else LogitsAndFeatures(teacher_logits, teacher_features or {})
+        # A detector teacher read for its features only has no logits (FeatureExtractor.predictions).
+        teacher = LogitsAndFeatures(teacher_logits, teacher_features or {}) if has_teacher else None
         terms: dict[str, torch.Tensor] = {}
         for method in self.methods.values():
             scale = method.weight * (warmup_factor if method.warms_up else 1.0)

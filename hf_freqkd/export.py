@@ -4,9 +4,16 @@ timm students: ``timm.models.save_for_hf`` (config.json + model.safetensors), lo
 ``timm.create_model("local-dir:PATH", pretrained=True)`` and, for classifiers, with transformers'
 ``AutoModelForImageClassification.from_pretrained(PATH)`` (its TimmWrapper classes, which build the
 architecture with timm): CIFAR-zoo students either way once ``hf_freqkd`` is imported, since it
-registers them in timm. transformers students: ``save_pretrained``, loadable with
+registers them in timm. Segmentation networks and detectors (``segfpn_*``, ``retinanet_*``,
+``fcos_*``, ``fasterrcnn_*``) are timm models of hf_freqkd's: ``import hf_freqkd`` then
+``timm.create_model("local-dir:PATH", pretrained=True)`` (or ``hf_freqkd.models.load_model(PATH)``);
+transformers has no auto class that builds them. A detector's ``config.json`` keeps the arguments it
+was built with (``model_args``: score threshold, detections per image, ...), so the reloaded detector
+gives the boxes of the run: ``model(pixel_values).detections``, ``(B, N, 6)`` rows x1, y1, x2, y2,
+score, class. transformers students: ``save_pretrained``, loadable with
 ``AutoModelForImageClassification.from_pretrained(PATH)``. Teacher and method modules are never
-part of an export. With a run record, the folder also gets its model card (README.md).
+part of an export. With a run record, the folder also gets its model card (README.md), whose usage
+snippet is the task's (:attr:`hf_freqkd.tasks.Task.card_usage`).
 
 An export is written to be published: it holds no local filesystem path (see
 :mod:`hf_freqkd.model_card`); the run record stays in the run folder and is not copied.

@@ -92,13 +92,14 @@ def build_distillation(
     is frozen in place (``requires_grad`` off) once the checks of the pair have passed.
     """
     student_source = student if isinstance(student, str) else "the student module"
-    student = load_model(student) if isinstance(student, str) else student
+    student = as_distillable(load_model(student) if isinstance(student, str) else student)
     if isinstance(student, Distiller):
         raise ModelError("pass the student network itself, not a Distiller")
     methods = list(methods) if isinstance(methods, (list, tuple)) else build_methods(methods)
     num_classes = model_num_classes(student)
     teacher_source = teacher if isinstance(teacher, str) else getattr(args, "teacher_model", None)
     teacher = load_teacher(teacher, args, methods, num_classes)
+    teacher = as_distillable(teacher) if teacher is not None else None
     if teacher is not None and model_num_classes(teacher) != num_classes:
         raise ModelError(
             f"teacher has {model_num_classes(teacher)} classes but the student has {num_classes}: "
@@ -117,7 +118,10 @@ def build_distillation(
     teacher_info = backbone_info(teacher) if teacher is not None else None
     requests = [method.feature_request(student_info, teacher_info) for method in methods]
     student_extractor = FeatureExtractor(student, [name for request in requests for name in request.student])
-    teacher_extractor = FrozenTeacher(teacher, [name for request in requests for name in request.teacher]) if teacher is not None else None
+    teacher_extractor = None
+    if teacher is not None:
+        predictions = any(method.uses_teacher and method.reads_teacher_logits for method in methods)
+        teacher_extractor = FrozenTeacher(teacher, [name for request in requests for name in request.teacher], predictions=predictions)
     if sample_input is None:
         sample_input = probe_input(student, train_dataset)
     try:
@@ -132,6 +136,15 @@ def build_distillation(
     for method in methods:
         method.build(student_shapes, teacher_shapes, num_classes)
     return DistillationParts(Distiller(student_extractor, methods, task), teacher_extractor, task, num_classes)
+
+
+def as_distillable(model: nn.Module) -> nn.Module:
+    """``model``, or a transformers object detector wrapped to give losses by part, detections and
+    pyramid features (:class:`~hf_freqkd.models.transformers_detection.TransformersDetector`; load_model
+    wraps the detectors it loads, this wraps one built by the caller)."""
+    from .models.transformers_detection import TransformersDetector, is_unwrapped_transformers_detector
+
+    return TransformersDetector(model) if is_unwrapped_transformers_detector(model) else model
 
 
 def resolve_task(task: Task | str | None, student: nn.Module) -> Task:

@@ -121,7 +121,7 @@ def _eval_results(
     results = []
     for key, (metric_type, metric_name) in task.card_metric_names(metrics).items():
         value = metrics.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not _undefined(value, task):
             results.append(
                 EvalResult(
                     task_type=task.pipeline_tag,
@@ -135,6 +135,28 @@ def _eval_results(
                 )
             )
     return results
+
+
+def _undefined(value: Any, task) -> bool:
+    """True for the value the task's metrics take where they are undefined (COCO's -1 AP of an empty size group)."""
+    return task.undefined_metric_value is not None and value == task.undefined_metric_value
+
+
+def registered_by_hf_freqkd(architecture: str | None) -> bool:
+    """True when ``architecture`` is a timm name hf_freqkd registers (CIFAR zoo, ``segfpn_*``, detectors):
+    timm builds it only after ``import hf_freqkd``."""
+    import timm
+    from timm.models import model_entrypoint
+
+    if not architecture or not timm.is_model(architecture):
+        return False
+    return model_entrypoint(architecture).__module__.split(".")[0] == "hf_freqkd"
+
+
+def _is_timm_name(name: str) -> bool:
+    import timm
+
+    return timm.is_model(name)
 
 
 def build_model_card(record: dict[str, Any], library_name: str, model_name: str | None = None) -> ModelCard:
@@ -187,18 +209,25 @@ def _card_body(record, library_name, model_name, task, student, teacher, dataset
         )
     else:
         lines.append(
-            f"{task.card_title} {_quoted(student)} trained with cross-entropy on {_quoted(dataset.name)} (an hf_freqkd teacher run)."
+            f"{task.card_title} {_quoted(student)} trained with {task.label_loss} on {_quoted(dataset.name)} (an hf_freqkd teacher run)."
         )
     lines += ["", "## Use", "", "```python"]
     if library_name == "timm":
+        lines.append("import timm")
+        if registered_by_hf_freqkd(student):
+            lines.append(f"import hf_freqkd  # registers {student} in timm: needed before loading")
+        elif not _is_timm_name(student):
+            lines.append(
+                "import hf_freqkd  # only needed for the architectures it registers (CIFAR zoo, segfpn_*, detectors)"
+            )
         lines += [
-            "import timm",
-            "import hf_freqkd  # only needed for the CIFAR-zoo architectures (resnet8, wrn_40_2, ...)",
             "",
             'model = timm.create_model("hf-hub:<repo id>", pretrained=True).eval()',
             '# or, from this folder: timm.create_model("local-dir:<path>", pretrained=True)',
         ]
-        if task.transformers_auto_class:
+        if task.card_usage:
+            lines += ["", *task.card_usage.splitlines()]
+        if task.transformers_auto_class and task.transformers_loads_timm_exports:
             # transformers loads timm exports through its TimmWrapper classes; they build the
             # architecture by name with timm, hence the import above for the CIFAR zoo.
             lines += [
@@ -233,7 +262,7 @@ def _card_body(record, library_name, model_name, task, student, teacher, dataset
     ):
         if config.get(key):
             lines.append(f"- {label}: {config[key]}")
-    lines += ["", "Methods and options (`ce` is the ground-truth term):", "", "```yaml"]
+    lines += ["", f"Methods and options (`ce` is the ground-truth term: {task.label_loss}):", "", "```yaml"]
     lines.append(yaml.safe_dump(methods, sort_keys=False, default_flow_style=False).rstrip())
     lines += ["```", ""]
     if training:
@@ -241,12 +270,17 @@ def _card_body(record, library_name, model_name, task, student, teacher, dataset
         lines += [f"| {key} | {value} |" for key, value in training.items() if value not in (None, "")]
         lines.append("")
     if metrics:
+        shown = {key: value for key, value in metrics.items() if not key.endswith(("_runtime", "_per_second")) and key != "epoch"}
+        undefined = {key for key, value in shown.items() if key != "eval_loss" and _undefined(value, task)}
         lines += ["## Evaluation", "", "| Metric | Value |", "|---|---|"]
-        lines += [
-            f"| {key} | {round(value, 4) if isinstance(value, float) else value} |"
-            for key, value in metrics.items()
-            if not key.endswith(("_runtime", "_per_second")) and key != "epoch"
-        ]
+        for key, value in shown.items():
+            lines.append(f"| {key} | {'undefined' if key in undefined else round(value, 4) if isinstance(value, float) else value} |")
+        if undefined:
+            lines += [
+                "",
+                f"undefined: the metric has no value on this evaluation set (computed as {task.undefined_metric_value:g}, "
+                "e.g. the AP of an object size no evaluation image holds); the metadata leaves it out.",
+            ]
         lines.append("")
     return "\n".join(lines)
 

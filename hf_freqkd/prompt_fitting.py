@@ -40,10 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer, TrainingArguments
-from transformers.data.data_collator import default_data_collator
 from transformers.utils import ModelOutput
 
 from .frequency.wavelet2d import wavelet_decompose, wavelet_reconstruct
@@ -61,17 +59,20 @@ from .factory import check_finite_weights, first_training_input, load_teacher, p
 from .models.features import HIDDEN_STATES, FeatureExtractor, FrozenTeacher, backbone_info, default_feature_layers
 from .models.loading import is_transformers_model
 from .training import AtomicCheckpoints, FormattedDatasets, LossTermMeans, NonFiniteLossGuard
-from .types import BackboneInfo
+from .tasks import task_for_model
+from .types import BackboneInfo, LogitsAndFeatures
 
 logger = logging.getLogger(__name__)
 
-TaskLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``(teacher output, labels) -> loss``: the teacher's task loss on one batch
+TaskLoss = Callable[[LogitsAndFeatures, torch.Tensor], torch.Tensor]
 
 
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The teacher's task loss: cross-entropy, in float32. For segmentation teachers, per pixel:
-    (B, K, H, W) logits against (B, H, W) labels, ignored (-100) pixels skipped."""
-    return F.cross_entropy(logits.float(), labels)
+def task_loss_of(teacher: nn.Module) -> TaskLoss:
+    """The teacher's own task loss (its task's evaluation loss): cross-entropy of the logits in float32
+    for classifiers and, per pixel, segmentation networks (ignored -100 pixels skipped); the sum of a
+    detector's own losses, computed from the boxes in its forward."""
+    return task_for_model(teacher).eval_loss
 
 
 @dataclass
@@ -193,7 +194,7 @@ class PromptedTeacher(nn.Module):
         self.info = self.teacher.info
         self.wavelet, self.levels, self.mode, self.wavelet_backend = wavelet, levels, mode, wavelet_backend
         self.dissimilarity, self.dissimilarity_weight = dissimilarity, dissimilarity_weight
-        self.task_loss = task_loss or classification_loss
+        self.task_loss = task_loss or task_loss_of(teacher)
         #: False runs the teacher alone (the "without prompts" report)
         self.prompts_enabled = True
         self._input_size: tuple[int, int] | None = None
@@ -235,14 +236,16 @@ class PromptedTeacher(nn.Module):
         self._input_size = tuple(pixel_values.shape[-2:])
         self._overlaps = []
         try:
-            logits = self.teacher(pixel_values).logits
+            # A detector computes its losses from the labels in this forward (hf_freqkd.models.detection).
+            output = self.teacher(pixel_values, labels)
             overlaps = self._overlaps
         finally:
             self._overlaps = []
-        dissimilarity = torch.stack(overlaps).sum() if overlaps else logits.new_zeros((), dtype=torch.float32)
+        logits = output.logits
+        dissimilarity = torch.stack(overlaps).sum() if overlaps else pixel_values.new_zeros((), dtype=torch.float32)
         if labels is None:
             return PromptFittingOutput(logits=logits, dissimilarity=dissimilarity.detach())
-        task_loss = self.task_loss(logits, labels)
+        task_loss = self.task_loss(output, labels)
         loss = task_loss + self.dissimilarity_weight * dissimilarity
         return PromptFittingOutput(loss=loss, logits=logits, task_loss=task_loss.detach(), dissimilarity=dissimilarity.detach())
 
@@ -305,7 +308,10 @@ def prompt_training_arguments(options: FreeKDOptions, base: TrainingArguments | 
         use_cpu=base.use_cpu,
         seed=base.seed,
         data_seed=base.data_seed,
+        # The run's DataLoader settings as DistillationConfig resolved them (no pinning without an accelerator).
         dataloader_num_workers=base.dataloader_num_workers,
+        dataloader_persistent_workers=base.dataloader_persistent_workers,
+        dataloader_pin_memory=base.dataloader_pin_memory,
         logging_strategy="steps",
         logging_steps=base.logging_steps,
         logging_first_step=True,
@@ -337,8 +343,7 @@ def _task_losses(trainer: PromptFittingTrainer, dataset, batches: int) -> tuple[
                 with trainer.compute_loss_context_manager():
                     for slot, enabled in enumerate((True, False)):
                         model.prompts_enabled = enabled
-                        logits = model(batch["pixel_values"]).logits
-                        totals[slot] += model.task_loss(logits, batch["labels"]).double() * count
+                        totals[slot] += model(batch["pixel_values"], batch["labels"]).task_loss.double() * count
                 totals[2] += count
     finally:
         model.prompts_enabled = True
@@ -371,7 +376,9 @@ def fit_prompts(
         report_dataset: data for the with/without-prompts task loss report (default: ``train_dataset``).
         args: device, precision, data loading, seed and logging (``TrainingArguments``); the
             schedule always comes from ``options``.
-        task_loss: ``(logits, labels) -> loss`` of the teacher's task; cross-entropy by default.
+        task_loss: ``(teacher output, labels) -> loss`` of the teacher's task (the output a
+            :class:`~hf_freqkd.models.FrozenTeacher` returns); by default the task's own loss
+            (cross-entropy, or a detector's losses).
     """
     layers = resolve_teacher_layers(options, backbone_info(teacher))
     channels = probe_channels(teacher, layers, _first_input(train_dataset))
@@ -399,7 +406,7 @@ def fit_prompts(
         model=model,
         args=prompt_training_arguments(options, args, output_dir),
         train_dataset=train_dataset,
-        data_collator=default_data_collator,
+        data_collator=task_for_model(teacher).data_collator,
         # The reference optimiser is Adam with L2 weight decay; TrainingArguments only offers AdamW.
         optimizer_cls_and_kwargs=(torch.optim.Adam, {"lr": options.prompt_learning_rate}),
         nonfinite_loss=getattr(args, "nonfinite_loss", "stop"),

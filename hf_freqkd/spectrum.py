@@ -18,10 +18,21 @@ Three views, each the view of one method:
 
 Feature energies are compared as fractions of each map's total (teacher and student widths and
 scales differ). Outputs: ``logit_bands.png``, ``feature_fft_radial.png``,
-``feature_wavelet_bands.png`` and every number in ``spectrum.json``.
+``feature_wavelet_bands.png`` and every number in ``spectrum.json``, with each model's own
+evaluation on the same images under ``metrics`` (the task's ``compute_metrics``: accuracy, mIoU or
+COCO mAP).
+
+Segmentation networks and detectors have no image-level logits: their outputs are a score vector per
+pixel, or boxes (``DetectorOutput.detections``), with no class axis to transform per image, so the
+logit view (and ``logit_bands.png``, ``--levels``) is left out and only the feature views are
+computed. A detector's default layers are its FPN levels (``fpn.p3`` ..., up to four, evenly spaced),
+the maps FreeKD and FAM distil; the terminal summary then gives the share of feature energy in the
+wavelet detail bands instead of the logits'.
 
     hf-freqkd spectrum --teacher runs/digits/teacher/student --student runs/digits/student_kd/student \
         --before runs/digits/student_alone/student --data digits --image-size 16
+    hf-freqkd spectrum --teacher runs/detection/shapes_teacher/student --student runs/detection/shapes_freekd/student \
+        --data shapes_detection --dataset-config-name num_train=640,num_test=160,image_size=64,num_classes=3,seed=0
 """
 
 from __future__ import annotations
@@ -174,22 +185,13 @@ def _pick_layers(info, explicit: list[str] | None, role: str) -> list[str]:
     return evenly_spaced(info.stage_layers, min(len(info.stage_layers), MAX_DEFAULT_LAYERS))
 
 
-def _images(inputs: SpectrumInputs, student, num_classes_hint: list[int]):
-    """``samples`` evenly spaced images of the evaluation split, transformed as ``distill`` evaluates them."""
-    import torch
-
+def _images(inputs: SpectrumInputs, student, task, num_classes_hint: list[int]):
+    """``samples`` evenly spaced images of the evaluation split, transformed as ``distill`` evaluates them,
+    and their labels batched by the task's collator (detection: box rows padded to one length)."""
     from .config import DataArguments
     from .data.loading import load_image_dataset, pick_split
     from .models.loading import resolve_input_config
-    from .tasks import task_for_model
 
-    task = task_for_model(student)
-    if task.label_dims != 0:
-        # The logit view reads one score vector per image along the class axis.
-        raise ModelError(
-            f"the student {type(student).__name__} is {task.model_kind}; the spectrum compares image-level logits "
-            "(B, K) and needs image classifiers"
-        )
     data = load_image_dataset(inputs.dataset, inputs.dataset_config_name)
     splits = list(data)
     split = pick_split(splits, inputs.split, "eval", ["validation", "valid", "val", "test", "train"])
@@ -203,15 +205,12 @@ def _images(inputs: SpectrumInputs, student, num_classes_hint: list[int]):
     if inputs.image_size:
         input_config["input_size"] = (input_config["input_size"][0], inputs.image_size, inputs.image_size)
     dataset = found.transform(rows, image_column, label_column, input_config, training=False, augmentation="none")
-    pixels, labels = [], []
-    for start in range(0, len(dataset), inputs.batch_size):
-        batch = dataset[start : start + inputs.batch_size]
-        pixels.append(torch.stack(list(batch["pixel_values"])))
-        labels.append(torch.as_tensor(batch["labels"]))
-    return torch.cat(pixels), torch.cat(labels), split
+    batch = task.data_collator([dataset[index] for index in range(len(dataset))])
+    return batch["pixel_values"], batch["labels"], split
 
 
-def _forward(model, layers: list[str], pixels, batch_size: int):
+def _forward(model, layers: list[str], pixels, labels, batch_size: int, task):
+    """The model's outputs (as the task's metrics read them) and its feature maps, batch by batch."""
     import torch
 
     from .models.features import FrozenTeacher
@@ -220,7 +219,10 @@ def _forward(model, layers: list[str], pixels, batch_size: int):
     logits, features = [], {layer: [] for layer in layers}
     for start in range(0, len(pixels), batch_size):
         output = extractor(pixels[start : start + batch_size])
-        logits.append(output.logits.float())
+        outputs = output.logits.float()
+        if task.preprocess_logits_for_metrics is not None:
+            outputs = task.preprocess_logits_for_metrics(outputs, labels[start : start + batch_size])
+        logits.append(outputs)
         for layer in layers:
             feature = output.features[layer]
             if feature.dim() != 4:
@@ -233,16 +235,26 @@ def compute_spectrum(inputs: SpectrumInputs) -> dict[str, Any]:
     """Load the models and the data, and return every energy as a JSON-ready dict."""
     import torch
 
+    from transformers import EvalPrediction
+
     from .models.features import backbone_info
     from .models.loading import load_model
+    from .tasks import task_for_model
 
     wavelet = _check_wavelet(inputs.wavelet)
     if inputs.samples < 1 or inputs.batch_size < 1:
         raise ConfigError(f"samples = {inputs.samples} and batch_size = {inputs.batch_size} must be integers >= 1")
-    probe = load_model(inputs.student) if not os.path.isdir(inputs.student) else None
+    student_for_input = load_model(inputs.student)
+    task = task_for_model(student_for_input)
+    # The logit view needs one score vector per image along the class axis: classifiers only.
+    logit_view = task.label_dims == 0
+    if inputs.levels and not logit_view:
+        raise ConfigError(
+            f"--levels = {inputs.levels} sets the transform of image-level logits, which the student "
+            f"{type(student_for_input).__name__} ({task.model_kind}) does not give: leave it out"
+        )
     num_classes_hint: list[int] = []
-    student_for_input = probe if probe is not None else load_model(inputs.student)
-    pixels, labels, split = _images(inputs, student_for_input, num_classes_hint)
+    pixels, labels, split = _images(inputs, student_for_input, task, num_classes_hint)
     num_classes = num_classes_hint[0]
     models = {"teacher": inputs.teacher, **({"student before": inputs.before} if inputs.before else {}), "student": inputs.student}
     loaded = {role: _load(source, num_classes) for role, source in models.items()}
@@ -256,24 +268,33 @@ def compute_spectrum(inputs: SpectrumInputs) -> dict[str, Any]:
         count = min(len(teacher_layers), len(student_layers))
         teacher_layers, student_layers = evenly_spaced(teacher_layers, count), evenly_spaced(student_layers, count)
     pairs = [f"{s} / {t}" for s, t in zip(student_layers, teacher_layers)]
+    for role, model in loaded.items():
+        if task_for_model(model) is not task:
+            raise ModelError(
+                f"the {role} '{models[role]}' is {task_for_model(model).model_kind} but the student is {task.model_kind}"
+            )
 
     result: dict[str, Any] = {
         "settings": {
             "models": models, "dataset": inputs.dataset, "dataset_config_name": inputs.dataset_config_name, "split": split,
             "images": len(pixels), "image_size": list(pixels.shape[-2:]), "num_classes": num_classes, "wavelet": inputs.wavelet,
-            "orthogonal": bool(wavelet.orthogonal), "extension": "periodization", "layer_pairs": pairs,
+            "orthogonal": bool(wavelet.orthogonal), "extension": "periodization", "layer_pairs": pairs, "task": task.name,
         },
-        "accuracy": {}, "logits": {}, "logit_difference": {}, "features": {pair: {} for pair in pairs},
+        "metrics": {}, "logits": {}, "logit_difference": {}, "features": {pair: {} for pair in pairs},
     }
-    levels = inputs.levels or default_logit_levels(num_classes, inputs.wavelet)
+    compute_metrics = task.compute_metrics(num_classes, None)
+    levels = (inputs.levels or default_logit_levels(num_classes, inputs.wavelet)) if logit_view else None
     all_logits = {}
     with torch.no_grad():
         for role, model in loaded.items():
             layers = teacher_layers if role == "teacher" else student_layers
-            logits, features = _forward(model, layers, pixels, inputs.batch_size)
-            all_logits[role] = logits
-            result["accuracy"][role] = float((logits.argmax(-1) == labels.numpy()).mean())
-            result["logits"][role] = logit_band_energy(logits, inputs.wavelet, levels)
+            logits, features = _forward(model, layers, pixels, labels, inputs.batch_size, task)
+            # The task's own evaluation on these images (accuracy, mIoU, COCO mAP, ...), as the Trainer computes it.
+            scores = compute_metrics(EvalPrediction(predictions=logits, label_ids=labels.numpy()))
+            result["metrics"][role] = {key: float(value) for key, value in scores.items()}
+            if logit_view:
+                all_logits[role] = logits
+                result["logits"][role] = logit_band_energy(logits, inputs.wavelet, levels)
             for pair, layer in zip(pairs, layers):
                 maps = features[layer]
                 result["features"][pair][role] = {
@@ -315,10 +336,17 @@ def _grouped_bars(axis, entries: dict[str, dict[str, Any]], key: str = "fraction
 
 
 def plot_spectrum(result: dict[str, Any], output_dir: Path) -> dict[str, str]:
+    """Write the PNGs into ``output_dir`` (the logit view only when the result has one); return their paths."""
     plt = _plt()
-    settings = result["settings"]
     files = {}
+    if result["logits"]:
+        files["logits"] = _plot_logits(plt, result, output_dir)
+    _plot_features(plt, result, output_dir, files)
+    return files
 
+
+def _plot_logits(plt, result: dict[str, Any], output_dir: Path) -> str:
+    settings = result["settings"]
     figure, axes = plt.subplots(1, 2 if result["logit_difference"] else 1, figsize=(11, 4), squeeze=False)
     _grouped_bars(axes[0][0], result["logits"])
     axes[0][0].set_yscale("log")
@@ -334,10 +362,13 @@ def plot_spectrum(result: dict[str, Any], output_dir: Path) -> dict[str, str]:
         axes[0][1].legend(fontsize=8)
     figure.suptitle(f"{settings['wavelet']} wavelet, {settings['num_classes']} classes, {settings['images']} images ({settings['split']})")
     figure.tight_layout()
-    files["logits"] = str(output_dir / "logit_bands.png")
-    figure.savefig(files["logits"], dpi=120)
+    path = str(output_dir / "logit_bands.png")
+    figure.savefig(path, dpi=120)
     plt.close(figure)
+    return path
 
+
+def _plot_features(plt, result: dict[str, Any], output_dir: Path, files: dict[str, str]) -> None:
     pairs = list(result["features"])
     for kind, title, name in (("fft_radial", "2-D FFT radial energy (FAM's view)", "feature_fft_radial.png"),
                               ("wavelet", "2-D wavelet band energy (FreeKD's view)", "feature_wavelet_bands.png")):
@@ -362,7 +393,6 @@ def plot_spectrum(result: dict[str, Any], output_dir: Path) -> dict[str, str]:
         files[kind] = str(output_dir / name)
         figure.savefig(files[kind], dpi=120)
         plt.close(figure)
-    return files
 
 
 def run_spectrum(inputs: SpectrumInputs) -> dict[str, Any]:
@@ -377,12 +407,30 @@ def run_spectrum(inputs: SpectrumInputs) -> dict[str, Any]:
 
 
 def summary(result: dict[str, Any]) -> str:
-    """A few lines for the terminal: accuracy and the share of logit energy in the detail bands."""
+    """A few lines for the terminal: the task's headline metric and the share of energy in the detail
+    bands: of the logits for classifiers, else of the feature maps' 2-D wavelet transform (mean over layers)."""
+    from .tasks import get_task
+
+    task = get_task(result["settings"].get("task", "classification"))
+    key, label = task.benchmark_metrics[0] if task.benchmark_metrics else (None, None)
     lines = []
-    for role, values in result["logits"].items():
-        detail = sum(values["fraction"][1:])
-        lines.append(f"{role}: top-1 {100 * result['accuracy'][role]:.1f} % on {result['settings']['images']} images; "
-                     f"{100 * detail:.1f} % of logit energy in the detail bands ({', '.join(values['bands'][1:])})")
+    for role, metrics in result["metrics"].items():
+        value = metrics.get(key)
+        if value is None:
+            headline = ""
+        elif task.undefined_metric_value is not None and value == task.undefined_metric_value:
+            headline = f"{label} undefined"
+        else:
+            headline = f"{label} {100 * value:.1f} %"
+        if role in result["logits"]:
+            values = result["logits"][role]
+            bands = ", ".join(values["bands"][1:])
+            detail = f"{100 * sum(values['fraction'][1:]):.1f} % of logit energy in the detail bands ({bands})"
+        else:
+            shares = [sum(pair[role]["wavelet"]["fraction"][1:]) for pair in result["features"].values()]
+            layers = ", ".join(pair[role]["layer"] for pair in result["features"].values())
+            detail = f"{100 * sum(shares) / len(shares):.1f} % of feature energy in the wavelet detail bands (mean over {layers})"
+        lines.append(f"{role}: {headline} on {result['settings']['images']} images; {detail}")
     lines += [f"wrote {path}" for path in result["files"].values()]
     return "\n".join(lines)
 
@@ -402,10 +450,10 @@ def add_spectrum_arguments(parser) -> None:
     parser.add_argument("--samples", type=int, default=512, help="images used (default 512)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--layers", nargs="+", help="feature layers of both models (same names), e.g. layer1 layer3")
-    parser.add_argument("--teacher-layers", nargs="+", help="teacher feature layers (default: up to 4 stage outputs)")
+    parser.add_argument("--teacher-layers", nargs="+", help="teacher feature layers (default: up to 4 stage outputs; a detector's FPN levels fpn.p*)")
     parser.add_argument("--student-layers", nargs="+", help="student feature layers, paired in order with the teacher's")
     parser.add_argument("--wavelet", default="haar", help="discrete wavelet (orthogonal for exact Parseval: haar, db2, sym4, ...)")
-    parser.add_argument("--levels", type=int, help="levels of the logit transform (default: the deepest pywt allows)")
+    parser.add_argument("--levels", type=int, help="levels of the logit transform (default: the deepest pywt allows; classifiers only)")
     parser.add_argument("--feature-levels", type=int, help="levels of the 2-D transform of feature maps (default: up to 3)")
     parser.add_argument("--output-dir", default="spectrum", help="folder for the PNGs and spectrum.json (default: spectrum)")
 

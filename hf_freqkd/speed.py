@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from .factory import DistillationParts, build_distillation
-from .models.features import FrozenTeacher
+from .models.features import FeatureExtractor, FrozenTeacher
+from .tasks import task_for_model
 
 Step = Callable[[], None]
 
@@ -41,12 +42,16 @@ def sgd(parameters) -> torch.optim.Optimizer:
 
 
 def limit_step(student: nn.Module, teacher: FrozenTeacher, images: torch.Tensor, labels: torch.Tensor) -> Step:
-    """One student training step (cross-entropy) plus one teacher no-grad forward."""
+    """One student training step (its task's loss: cross-entropy, or a detector's own losses) plus one
+    teacher no-grad forward (a detector's whole forward, detections included)."""
     optimizer = sgd(student.parameters())
+    student.train()
+    task = task_for_model(student)
+    student_outputs = FeatureExtractor(student)
 
     def step() -> None:
         teacher(images)
-        loss = nn.functional.cross_entropy(student(images), labels)
+        loss = task.eval_loss(student_outputs(images, labels), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -82,7 +87,7 @@ def training_steps(student: nn.Module, teacher: nn.Module, methods: dict[str, An
     ``method_step`` also the methods' parameters. Both run the teacher (label-only methods too)."""
     num_classes = int(student.num_classes)
     images = torch.randn(batch, 3, image_size, image_size)
-    labels = torch.randint(0, num_classes, (batch,))
+    labels = task_for_model(student).random_labels(batch, image_size, num_classes)
     parts = build_distillation(student, teacher, methods, sample_input=images[:2])
     frozen_teacher = parts.teacher if parts.teacher is not None else FrozenTeacher(teacher)
     return limit_step(student, frozen_teacher, images, labels), distillation_step(parts, images, labels, frozen_teacher)

@@ -222,6 +222,8 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, FormattedDatase
 
         config = config_to_dict(self.args)
         config["student_model"] = model_architecture(parts.student)
+        # What the student was built with, so that export_run rebuilds the same network from a checkpoint.
+        config["student_model_kwargs"] = dict(getattr(parts.student, "hf_freqkd_model_args", None) or {})
         if parts.teacher is not None and not isinstance(config.get("teacher_model"), str):
             config["teacher_model"] = model_architecture(parts.teacher.model)
         config["task"] = parts.task.name

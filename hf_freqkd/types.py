@@ -19,11 +19,17 @@ class LogitsAndFeatures:
     """What one forward pass of a student or teacher produces: its logits and the named intermediate
     features a method asked for (``(B, C, H, W)`` maps; see :class:`BackboneInfo`).
 
+    For a detector (:mod:`hf_freqkd.models.detection`) ``logits`` are its detections in eval mode
+    (``(B, N, 6)``: box, score, class) and None in training, where ``losses`` holds its own losses.
+
     Not to be confused with ``transformers.utils.ModelOutput``, the output of a transformers model.
     """
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     features: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: the losses a network computes itself from the labels in its forward, by part (detectors:
+    #: classification, box regression, ...); None for networks whose loss a method computes from logits
+    losses: dict[str, torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)

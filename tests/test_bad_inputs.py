@@ -8,6 +8,8 @@ exactly as they were (contents and modification times).
 A case is ``(name, setup, fragments)``: ``setup(assets, tmp_path)`` returns the config tweak (a dict
 merged into a tiny digits run, plus optional ``"argv"`` - extra command-line arguments - and
 ``"command"``, and ``"exit_code"`` when it is not 2); every fragment must appear in the error line.
+Detection inputs (bad boxes, mismatched detectors) have their own catalogue on a tiny detection run,
+each case also raising its error class from ``prepare_run`` and leaving no output folder behind.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 
 import hf_freqkd  # noqa: F401  registers the CIFAR zoo
 from hf_freqkd.cli import main
+from hf_freqkd.errors import DataError, MethodOptionsError, ModelError
 from hf_freqkd.methods import DistillationMethod, MethodOptions, register_method
 from hf_freqkd.methods.registry import _METHODS
 
@@ -288,6 +291,119 @@ def test_bad_input_gives_one_clear_error_and_touches_nothing(name, setup, fragme
 
 def test_catalogue_is_large_enough():
     assert len(CASES) >= 25
+
+
+# ----------------------------------------------------------------------------------------------
+# Detection: bad boxes and mismatched detectors, each refused before anything is written
+
+#: boxes ([x, y, w, h]) and categories of the tiny detection set; the cases replace row 3
+DETECTION_BOXES = [[[2, 2, 12, 10]], [[10, 4, 8, 20], [0, 16, 30, 14]], [[20, 20, 10, 10]], [[4, 6, 20, 20]]] * 2
+DETECTION_CATEGORIES = [[0], [1, 2], [2], [1]] * 2
+
+
+def _detection_parquet(path: Path, row_3: tuple[list, list] | None = None) -> str:
+    """Eight 32x32 images in the Hub's detection layout (image + objects {bbox, category}), row 3 replaced."""
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    boxes, categories = list(DETECTION_BOXES), list(DETECTION_CATEGORIES)
+    if row_3 is not None:
+        boxes[3], categories[3] = row_3
+    rng = np.random.default_rng(0)
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "objects": datasets.Sequence({"bbox": datasets.Sequence(datasets.Value("float32"), length=4), "category": datasets.Value("int64")}),
+        }
+    )
+    rows = {
+        "image": [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in boxes],
+        "objects": [{"bbox": b, "category": c} for b, c in zip(boxes, categories)],
+    }
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def detection_assets(tmp_path_factory):
+    from hf_freqkd.layers.frequency_prompts import save_prompts
+
+    root = tmp_path_factory.mktemp("detection")
+    found = {"good": _detection_parquet(root / "good.parquet")}
+    for name, row in {
+        "outside": ([[20, 4, 20, 8]], [0]),  # x + w = 40 in a 32 px image
+        "zero_width": ([[4, 4, 0, 8]], [0]),
+        "negative_height": ([[4, 4, 8, -3]], [0]),
+        "category_5": ([[4, 4, 8, 8]], [5]),  # num_classes is 3
+        "empty_image": ([], []),
+    }.items():
+        found[name] = _detection_parquet(root / f"{name}.parquet", row)
+    # Prompts fitted for a teacher whose fpn.p4 has 7 channels (retinanet_resnet8's has 32).
+    found["prompts_other"] = str(
+        save_prompts(root / "other.safetensors", {"fpn.p4": torch.zeros(4, 2, 7)}, wavelet="haar", mode="zero", levels=3)
+    )
+    return found
+
+
+def tiny_detection_config(output_dir: Path, dataset: str, **overrides) -> dict:
+    """A tiny detection run: retinanet_resnet8 on eight 32 px images, three classes, one step."""
+    return tiny_run_config(
+        output_dir, student_model="retinanet_resnet8", task="detection", dataset=dataset, image_size=32, num_classes=3,
+        max_train_samples=None, max_eval_samples=None, per_device_train_batch_size=4, per_device_eval_batch_size=4, **overrides,
+    )
+
+
+DETECTOR_TEACHER = {"teacher_model": "retinanet_resnet8", "methods": {"ce": {}, "feature_mse": {}}}
+
+# (name, tweak(assets) merged into the tiny detection run, the error class, fragments of the one error line)
+DETECTION_CASES = [
+    ("box_outside_the_image", lambda a: {"dataset": a["outside"]}, DataError,
+     ["row 3, object 0: bbox [20.0, 4.0, 20.0, 8.0] ([x, y, w, h]) reaches outside the 32x32 image", "x + w <= 32", "bbox_format"]),
+    ("box_of_zero_width", lambda a: {"dataset": a["zero_width"]}, DataError,
+     ["row 3, object 0: bbox [4.0, 4.0, 0.0, 8.0] has width 0.0 and height 8.0: expected both > 0"]),
+    ("box_of_negative_height", lambda a: {"dataset": a["negative_height"]}, DataError,
+     ["row 3, object 0: bbox [4.0, 4.0, 8.0, -3.0] has width 8.0 and height -3.0: expected both > 0"]),
+    ("category_outside_the_label_set", lambda a: {"dataset": a["category_5"]}, DataError,
+     ["row 3, object 0: category 5 lies outside the model's 3 classes", "expected an integer in 0..2", "num_classes"]),
+    ("classification_teacher_for_a_detector", lambda a: {**DETECTOR_TEACHER, "teacher_model": "resnet8"}, ModelError,
+     ["student TimmDetector is an object detector but the teacher CifarResNet is an image classifier", "same task"]),
+    ("fpn_levels_that_differ", lambda a: {**DETECTOR_TEACHER, "teacher_model": "retinanet_resnet18"}, ModelError,
+     ["FPN levels of the student (fpn.p1 (stride 2)", "the teacher (fpn.p3 (stride 8)", "fpn.p7 (stride 128)) differ"]),
+    ("prompts_fitted_on_another_teacher",
+     lambda a: {**DETECTOR_TEACHER, "methods": {"freekd": {"prompts_path": a["prompts_other"], "teacher_layers": ["fpn.p4"], "student_layers": ["fpn.p4"]}}},
+     MethodOptionsError, ["other.safetensors' has prompts of shape (4, 2, 7) for teacher layer 'fpn.p4'", "needs shape (4, 2, 32)", "fitted for another teacher"]),
+    ("kd_on_a_detector", lambda a: {**DETECTOR_TEACHER, "methods": {"ce": {}, "kd": {}}}, MethodOptionsError,
+     ["kd do not apply to detection", "methods that do: ce, fam, fam_l2l, feature_mse, freekd"]),
+]
+
+
+@pytest.mark.parametrize("name, tweak, error_class, fragments", DETECTION_CASES, ids=[case[0] for case in DETECTION_CASES])
+def test_bad_detection_input_is_refused_in_one_line_before_anything_is_written(
+    name, tweak, error_class, fragments, detection_assets, tmp_path, capsys
+):
+    from hf_freqkd.run import prepare_run
+
+    output_dir = tmp_path / "out"
+    values = {**tiny_detection_config(output_dir, detection_assets["good"]), **tweak(detection_assets)}
+    with pytest.raises(error_class):
+        prepare_run("distill", defaults=values)
+    config = write_run_config(tmp_path / "bad.yaml", values)
+    capsys.readouterr()
+    assert main(["distill", "--config", str(config)]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+    assert not output_dir.exists()
+
+
+def test_an_image_without_objects_is_valid_and_the_run_trains(detection_assets, tmp_path, capsys):
+    output_dir = tmp_path / "out"
+    # Eight rows, batches of four, two steps: every row is trained on once, the empty one too.
+    values = tiny_detection_config(output_dir, detection_assets["empty_image"], max_steps=2, **DETECTOR_TEACHER)
+    assert main(["distill", "--config", str(write_run_config(tmp_path / "c.yaml", values))]) == 0, capsys.readouterr().err
+    assert (output_dir / "student" / "model.safetensors").is_file()
 
 
 # ----------------------------------------------------------------------------------------------

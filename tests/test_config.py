@@ -230,6 +230,28 @@ def test_bad_values_raise_the_librarys_bad_input_errors(base_config, override, e
         parse_config(base_config, override)
 
 
+def test_bbox_format_defaults_to_coco_and_takes_corners_for_detection(base_config):
+    _, _, data_args = parse_config(base_config)
+    assert data_args.bbox_format == "xywh"
+    _, _, data_args = parse_config(base_config, ["task=detection", "bbox_format=xyxy"])
+    assert data_args.bbox_format == "xyxy"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["task=detection", "bbox_format=cxcywh"], r"^bbox_format = 'cxcywh' is invalid: expected one of xywh, xyxy"),
+        (["task=detection", "bbox_format=XYXY"], r"^bbox_format = 'XYXY' is invalid: expected one of xywh, xyxy"),
+        (["bbox_format=xyxy"], r"^bbox_format = 'xyxy' applies to task: detection; set task: detection or remove it$"),
+        (["task=segmentation", "bbox_format=xyxy"], r"^bbox_format = 'xyxy' applies to task: detection"),
+        (["task=detection", "mask_column=annotation"], r"^mask_column and reduce_labels apply to task: segmentation"),
+    ],
+)
+def test_data_options_of_another_task_or_unknown_bbox_format_are_refused(base_config, override, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(base_config, override)
+
+
 def test_missing_config_file_is_a_missing_path_error(tmp_path):
     with pytest.raises(MissingPathError):
         parse_config(tmp_path / "nowhere.yaml")
@@ -294,3 +316,44 @@ def test_keys_parsed_by_their_dataclass_keep_every_form(tmp_path, text, expected
     args, _, _ = parse_config(path)
     key = text.split(":")[0]
     assert getattr(args, key) == expected
+
+
+# DataLoader defaults (hf_freqkd.config.DistillationConfig._dataloader_defaults)
+
+
+def test_dataloader_on_the_cpu_is_single_process_without_pinned_memory(tmp_path, monkeypatch):
+    import warnings
+
+    import torch
+
+    _pretend_accelerator(monkeypatch, present=False, supports_bf16=False)
+    args = DistillationConfig(output_dir=str(tmp_path), report_to="none")
+    assert (args.dataloader_num_workers, args.dataloader_persistent_workers, args.dataloader_pin_memory) == (0, False, False)
+    # The Trainer passes pin_memory on to every epoch's DataLoader, which warned at each one before.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        list(torch.utils.data.DataLoader(range(4), batch_size=2, pin_memory=args.dataloader_pin_memory))
+
+
+def test_dataloader_with_an_accelerator_has_persistent_workers_and_pinned_memory(tmp_path, monkeypatch):
+    import os
+
+    _pretend_accelerator(monkeypatch, present=True, supports_bf16=True)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    args = DistillationConfig(output_dir=str(tmp_path), report_to="none")
+    assert (args.dataloader_num_workers, args.dataloader_persistent_workers, args.dataloader_pin_memory) == (4, True, True)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # four training processes share the 8 CPUs
+    assert DistillationConfig(output_dir=str(tmp_path), report_to="none").dataloader_num_workers == 1
+    on_cpu = DistillationConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    assert (on_cpu.dataloader_num_workers, on_cpu.dataloader_persistent_workers, on_cpu.dataloader_pin_memory) == (0, False, False)
+
+
+def test_dataloader_settings_the_user_gives_are_kept(tmp_path, monkeypatch):
+    _pretend_accelerator(monkeypatch, present=False, supports_bf16=False)
+    args, _, _ = parse_config(None, [f"output_dir={tmp_path}", "dataloader_num_workers=3"])
+    assert (args.dataloader_num_workers, args.dataloader_persistent_workers) == (3, True)
+    args, _, _ = parse_config(None, [f"output_dir={tmp_path}", "dataloader_num_workers=3", "dataloader_persistent_workers=false"])
+    assert (args.dataloader_num_workers, args.dataloader_persistent_workers) == (3, False)
+    with pytest.raises(ConfigError, match=r"^dataloader_num_workers = -2 is invalid: expected an integer >= 0$"):
+        parse_config(None, [f"output_dir={tmp_path}", "dataloader_num_workers=-2"])

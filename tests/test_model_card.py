@@ -213,3 +213,39 @@ def test_a_timm_classifier_card_shows_both_loaders():
     text = build_model_card(RECORD, "timm").text
     assert 'timm.create_model("hf-hub:<repo id>", pretrained=True)' in text
     assert 'AutoModelForImageClassification.from_pretrained("<repo id or path>")' in text
+
+
+@pytest.mark.parametrize(
+    "student, import_line",
+    [
+        ("resnet8", "import hf_freqkd  # registers resnet8 in timm: needed before loading"),  # the CIFAR zoo
+        ("fcos_resnet18", "import hf_freqkd  # registers fcos_resnet18 in timm: needed before loading"),
+        ("resnet18", None),  # timm's own architecture: timm alone loads it
+        ("hf-hub:me/unknown", "import hf_freqkd  # only needed for the architectures it registers"),
+    ],
+)
+def test_the_usage_snippet_imports_hf_freqkd_when_it_registers_the_architecture(student, import_line):
+    text = build_model_card({**RECORD, "config": {**RECORD["config"], "student_model": student}}, "timm").text
+    snippet = text.split("## Use")[1].split("## Training")[0]
+    if import_line is None:
+        assert "hf_freqkd" not in snippet
+    else:
+        assert import_line in snippet
+
+
+def test_a_distilled_detector_card_skips_undefined_ap_and_names_its_methods():
+    record = {
+        "mode": "distill",
+        "config": {"student_model": "retinanet_resnet8", "teacher_model": "retinanet_resnet20", "dataset": "shapes_detection",
+                   "task": "detection", "methods": {"ce": {}, "freekd": {}}},
+        "metrics": {"eval_loss": 1.5, "eval_map": 0.41234, "eval_map_50": 0.7, "eval_map_large": -1.0, "eval_mar_100": -1.0},
+    }
+    card = build_model_card(record, "timm")
+    assert card.data.pipeline_tag == "object-detection"
+    assert {"knowledge-distillation", "freekd", "object-detection"} <= set(card.data.tags)
+    assert [(r.metric_type, r.metric_value) for r in card.data.eval_results] == [("map", 0.4123), ("map_50", 0.7)]
+    assert "Object detector `retinanet_resnet8` distilled from the teacher `retinanet_resnet20` with freekd" in card.text
+    assert "| eval_map_large | undefined |" in card.text and "| eval_mar_100 | undefined |" in card.text
+    table = card.text.split("## Evaluation")[1].split("undefined:")[0]
+    assert "| eval_loss | 1.5 |" in table and "-1" not in table and "-1" not in card.data.to_yaml()
+    assert "`ce` is the ground-truth term: its own detection losses" in card.text

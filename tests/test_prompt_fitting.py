@@ -215,8 +215,8 @@ def test_stage_one_shares_the_frozen_teacher_and_the_nonfinite_guard(tmp_path, t
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     prompted.remove_hooks()
 
-    def nan_loss(logits, labels):
-        return F.cross_entropy(logits.float(), labels) * float("nan")
+    def nan_loss(output, labels):
+        return F.cross_entropy(output.logits.float(), labels) * float("nan")
 
     options = FreeKDOptions(prompts_path=str(tmp_path / "p.safetensors"), teacher_layers=["layer2"], prompt_steps=2)
     with pytest.raises(NonFiniteLossError, match="loss term 'task_loss' is nan at step 1"):

@@ -78,10 +78,61 @@ def test_spectrum_command_rejects_unknown_layers_and_wavelets(tmp_path, capsys):
     assert "wavelet 'morlet'" in capsys.readouterr().err
 
 
-def test_a_segmentation_student_is_refused_with_the_reason(tmp_path):
-    from hf_freqkd.errors import ModelError
+DETECTION_DATA = ["--data", "shapes_detection", "--dataset-config-name", "num_train=8,num_test=8,image_size=32,num_classes=3,seed=0"]
+
+
+def test_spectrum_command_on_detectors_reads_the_fpn_levels(tmp_path, capsys):
+    from hf_freqkd.metrics import DETECTION_METRIC_NAMES
+
+    out = tmp_path / "spectrum"
+    code = main([
+        "spectrum", "--teacher", "retinanet_resnet20", "--student", "retinanet_resnet8", "--before", "retinanet_resnet8",
+        *DETECTION_DATA, "--image-size", "32", "--samples", "8", "--batch-size", "4", "--output-dir", str(out),
+    ])
+    assert code == 0
+    result = json.loads((out / "spectrum.json").read_text())
+    assert result["settings"]["task"] == "detection" and result["settings"]["num_classes"] == 3
+    # Detections have no class axis per image: no logit view, no logit plot.
+    assert result["logits"] == {} and result["logit_difference"] == {} and "logits" not in result["files"]
+    assert not (out / "logit_bands.png").exists()
+    # The FPN levels of the CIFAR ResNets' last two stages (strides 2, 4) and the P6/P7-style extra levels.
+    levels = [f"fpn.p{i}" for i in (1, 2, 3, 4)]
+    assert result["settings"]["layer_pairs"] == [f"{level} / {level}" for level in levels]
+    for level, (pair, roles) in zip(levels, result["features"].items()):
+        side = 32 // 2 ** int(level[-1])
+        for role, values in roles.items():
+            assert values["layer"] == level and values["shape"] == [32, side, side], (pair, role)
+            assert values["wavelet"]["parseval_ratio"] == pytest.approx(1.0, rel=1e-9)  # haar + periodization
+            assert values["fft_radial"]["parseval_ratio"] == pytest.approx(1.0, rel=1e-9)
+    # Each detector's COCO evaluation on the same images; 32 px images hold no "large" (> 96^2 px) object.
+    assert set(result["metrics"]) == {"teacher", "student before", "student"}
+    for metrics in result["metrics"].values():
+        assert set(metrics) == set(DETECTION_METRIC_NAMES)
+        assert metrics["map_large"] == -1.0 and 0.0 <= metrics["map"] <= metrics["map_50"] <= 1.0
+    printed = capsys.readouterr().out
+    assert "student: mAP " in printed and "of feature energy in the wavelet detail bands (mean over fpn.p1, fpn.p2, fpn.p3, fpn.p4)" in printed
+    for name in ("feature_fft_radial.png", "feature_wavelet_bands.png"):
+        with Image.open(out / name) as image:
+            image.verify()
+
+
+def test_spectrum_on_detectors_refuses_logit_levels_and_a_classifier_teacher(tmp_path, capsys):
+    common = ["spectrum", *DETECTION_DATA, "--image-size", "32", "--samples", "2", "--output-dir", str(tmp_path / "out")]
+    assert main([*common, "--teacher", "retinanet_resnet8", "--student", "retinanet_resnet8", "--levels", "2"]) == 2
+    assert "--levels = 2 sets the transform of image-level logits" in capsys.readouterr().err
+    assert main([*common, "--teacher", "resnet8", "--student", "retinanet_resnet8"]) == 2
+    assert "the teacher 'resnet8' is an image classifier but the student is an object detector" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_segmentation_networks_get_the_feature_views_and_their_miou(tmp_path):
     from hf_freqkd.spectrum import SpectrumInputs, compute_spectrum
 
-    inputs = SpectrumInputs(teacher="segfpn_resnet8", student="segfpn_resnet8", dataset="shapes_segmentation", output_dir=str(tmp_path))
-    with pytest.raises(ModelError, match="is a segmentation network .* the spectrum compares image-level logits"):
-        compute_spectrum(inputs)
+    inputs = SpectrumInputs(
+        teacher="segfpn_resnet8", student="segfpn_resnet8", dataset="shapes_segmentation", image_size=16, samples=4, output_dir=str(tmp_path)
+    )
+    result = compute_spectrum(inputs)
+    assert result["settings"]["task"] == "segmentation" and result["logits"] == {}
+    assert result["settings"]["layer_pairs"] == [f"backbone.layer{i} / backbone.layer{i}" for i in (1, 2, 3)]
+    for metrics in result["metrics"].values():
+        assert set(metrics) == {"mean_iou", "pixel_accuracy", "mean_accuracy"} and 0.0 <= metrics["mean_iou"] <= 1.0

@@ -1,5 +1,6 @@
 """``hf-freqkd benchmark quality``: one teacher, every listed method on the same student, data,
-schedule and seeds; top-1 / top-5 mean +- std, parameter counts and wall time.
+schedule and seeds; the task's metrics (top-1 / top-5 accuracy, mIoU, mAP) mean +- std, parameter
+counts and wall time.
 
 A benchmark config (``configs/bench/*.yaml``) holds::
 
@@ -25,8 +26,14 @@ table, CSV and chart (``configs/bench/figkd_ablation_digits.yaml``)::
     "figkd levels=2": {ce: {}, figkd: {levels: 2}}
     "figkd bands=low": {ce: {}, figkd: {bands: low}}
 
-The "top-1 vs ce" column compares each label with the first label whose methods are ``ce`` alone
-(the student trained without a teacher), whatever that label is called.
+The metrics are the task's (``task:`` in ``common``, classification when unset), declared by its
+``benchmark_metrics`` (hf_freqkd/tasks/): top-1 and top-5 accuracy (CSV columns ``top1``, ``top5``)
+for classification, mIoU and pixel accuracy (``miou``, ``pixel_accuracy``) for segmentation, COCO
+mAP and AP50 (``map``, ``ap50``) for detection. The CSV and ``bench_result.json`` hold the fractions
+the runs reported, with ``nan`` where a metric is missing or undefined (COCO's -1: an AP with no
+object to score); the table and chart show percent. The first metric is the headline: its
+"top-1 vs ce" ("mAP vs ce", ...) column compares each label with the first label whose methods are
+``ce`` alone (the student trained without a teacher), whatever that label is called.
 
 ``results.md`` records the command as run (``--output-dir`` and ``key=value`` overrides
 included). The config's ``description`` is prose written for the config's own settings; when
@@ -61,6 +68,7 @@ import yaml
 
 from ..config import apply_overrides, parse_config, read_yaml_config
 from ..errors import ConfigError, MethodOptionsError, MissingPathError
+from ..tasks import Task, get_task
 
 BENCH_KEYS = ("name", "description", "output_dir", "seeds", "common", "teacher", "student", "methods")
 #: methods drawn in colour in the chart (the frequency-domain ones); the rest are baselines
@@ -69,6 +77,33 @@ RESULT_FILE = "bench_result.json"
 TEACHER_DIR = "teacher"
 #: the base method of every distillation; a label running it alone is the student-alone baseline
 BASELINE_METHOD = "ce"
+
+
+@dataclass(frozen=True)
+class ReportedMetric:
+    """One metric of the table, CSV, JSON and chart: the run's ``eval_<key>``, a fraction shown in percent."""
+
+    key: str
+    label: str
+
+    @property
+    def column(self) -> str:
+        """The CSV / JSON name: "top-1" -> top1, "pixel accuracy" -> pixel_accuracy, "AP50" -> ap50."""
+        return re.sub(r"[^0-9a-z]+", "_", self.label.lower().replace("-", "")).strip("_")
+
+
+def reported_metrics(task: Task) -> list[ReportedMetric]:
+    """The metrics a benchmark of ``task`` reports (its ``benchmark_metrics``), the headline first."""
+    return [ReportedMetric(key, label) for key, label in task.benchmark_metrics]
+
+
+def metric_values(metrics: list[ReportedMetric], eval_metrics: dict[str, float]) -> dict[str, float]:
+    """Column -> the run's ``eval_<key>``; nan when the run did not report it or reported it undefined (-1)."""
+    values = {}
+    for metric in metrics:
+        value = eval_metrics.get(f"eval_{metric.key}")
+        values[metric.column] = float("nan") if value is None or value < 0 else float(value)
+    return values
 
 
 @dataclass
@@ -107,8 +142,17 @@ class BenchmarkConfig:
 
     @property
     def baseline(self) -> MethodRun | None:
-        """The first label that trains the student alone (``ce`` only): the reference of "top-1 vs ce"."""
+        """The first label that trains the student alone (``ce`` only): the reference of the "<headline> vs ce" column."""
         return next((m for m in self.methods if m.method_names == [BASELINE_METHOD]), None)
+
+    @property
+    def task(self) -> Task:
+        """The task every run solves (``task:`` in ``common`` or ``student``; classification when unset)."""
+        return get_task({**self.common, **self.student}.get("task") or "classification")
+
+    @property
+    def metrics(self) -> list[ReportedMetric]:
+        return reported_metrics(self.task)
 
     @property
     def teacher_model(self) -> str | None:
@@ -283,6 +327,16 @@ def validate_runs(config: BenchmarkConfig) -> None:
             parse_config(None, None, defaults=values)
         except (ValueError, TypeError) as error:
             raise ConfigError(f"benchmark '{config.name}', {what}: {error}") from None
+    # One table compares every run on one task's metrics: a run of another task would have none of them.
+    task = config.task
+    for what, values in runs:
+        if (values.get("task") or "classification") != task.name:
+            raise ConfigError(
+                f"benchmark '{config.name}', {what}: task = {values.get('task')!r} but the students' task is '{task.name}'; "
+                "set task once, in common"
+            )
+    if not task.benchmark_metrics:
+        raise ConfigError(f"benchmark '{config.name}': the task '{task.name}' declares no benchmark_metrics to report")
     if config.teacher_model and not Path(config.teacher_model).is_dir():
         raise MissingPathError(f"teacher.model '{config.teacher_model}' is not a folder (expected an exported teacher, e.g. <run>/student)")
 
@@ -325,7 +379,7 @@ def _store(folder: Path, values: dict[str, Any], result: dict[str, Any]) -> dict
     return record
 
 
-def _run_training(mode: str, values: dict[str, Any], log) -> dict[str, Any]:
+def _run_training(mode: str, values: dict[str, Any], metrics: list[ReportedMetric], log) -> dict[str, Any]:
     from ..run import run
 
     folder = Path(values["output_dir"])
@@ -341,8 +395,7 @@ def _run_training(mode: str, values: dict[str, Any], log) -> dict[str, Any]:
         folder,
         values,
         {
-            "top1": result.metrics.get("eval_accuracy", float("nan")),
-            "top5": result.metrics.get("eval_top5_accuracy", float("nan")),
+            **metric_values(metrics, result.metrics),
             "student_parameters": result.student_parameters,
             "method_parameters": result.method_parameters,
             "teacher_parameters": result.teacher_parameters,
@@ -374,13 +427,16 @@ def run_quality_benchmark(config: BenchmarkConfig, log=print) -> BenchmarkResult
     """Train (or load) the teacher, run every method for every seed, write the table, CSV and chart."""
     config.output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    metrics = config.metrics
+    headline = metrics[0]
     if config.teacher_model:
-        teacher = {"top1": float("nan"), "top5": float("nan"), "student_parameters": _count_parameters(config.teacher_dir()), "seconds": 0.0}
+        not_measured = {metric.column: float("nan") for metric in metrics}
+        teacher = {**not_measured, "student_parameters": _count_parameters(config.teacher_dir()), "seconds": 0.0}
         log(f"teacher: {config.teacher_model} (loaded, not trained)")
     else:
         log(f"teacher: training {config.teacher['student_model']}")
-        teacher = _run_training("teacher", config.teacher_run_config(), log)
-        log(f"teacher: top-1 {100 * teacher['top1']:.2f} % ({teacher['seconds']:.0f} s)")
+        teacher = _run_training("teacher", config.teacher_run_config(), metrics, log)
+        log(f"teacher: {headline.label} {100 * teacher[headline.column]:.2f} % ({teacher['seconds']:.0f} s)")
     num_classes = _num_classes(config.teacher_dir())
 
     rows, prompt_seconds = [], {}
@@ -389,24 +445,33 @@ def run_quality_benchmark(config: BenchmarkConfig, log=print) -> BenchmarkResult
             log(f"{method.label}: fitting FreeKD prompts on the teacher (stage 1)")
             prompt_seconds[method.label] = _fit_prompts(config, method, log)
         for seed in config.seeds:
-            record = _run_training("distill", config.student_run_config(method, seed), log)
+            record = _run_training("distill", config.student_run_config(method, seed), metrics, log)
             rows.append({"method": method.label, "seed": seed, **{k: v for k, v in record.items() if k != "config"}})
-            log(f"{method.label} seed {seed}: top-1 {100 * record['top1']:.2f} % ({record['seconds']:.0f} s)")
+            log(f"{method.label} seed {seed}: {headline.label} {100 * record[headline.column]:.2f} % ({record['seconds']:.0f} s)")
 
     result = BenchmarkResult(config=config, rows=rows, teacher=teacher, prompt_seconds=prompt_seconds)
-    summary = summarise(rows, [m.label for m in config.methods])
-    show_top5 = num_classes > 5
+    summary = summarise(rows, [m.label for m in config.methods], metrics)
+    # The table and chart leave out what the task says is meaningless here (top-5 of 5 classes);
+    # the CSV and JSON keep every metric.
+    shown = [headline] + [metric for metric in metrics[1:] if config.task.benchmark_shows(metric.key, num_classes)]
     files = {
-        "csv": write_csv(rows, config.output_dir / "results.csv"),
+        "csv": write_csv(rows, config.output_dir / "results.csv", metrics),
         "markdown": config.output_dir / "results.md",
-        "png": plot_results(summary, config, teacher, show_top5, config.output_dir / "results.png"),
+        "png": plot_results(summary, config, teacher, shown, config.output_dir / "results.png"),
         "json": config.output_dir / "results.json",
     }
-    table = markdown_report(summary, config, teacher, show_top5, num_classes, prompt_seconds, time.perf_counter() - started)
+    table = markdown_report(summary, config, teacher, shown, num_classes, prompt_seconds, time.perf_counter() - started)
     files["markdown"].write_text(table + "\n")
-    files["json"].write_text(
-        json.dumps({"name": config.name, "num_classes": num_classes, "teacher": teacher, "summary": summary, "runs": rows}, indent=2, default=str)
-    )
+    report = {
+        "name": config.name,
+        "task": config.task.name,
+        "metrics": [{"key": f"eval_{m.key}", "label": m.label, "column": m.column} for m in metrics],
+        "num_classes": num_classes,
+        "teacher": teacher,
+        "summary": summary,
+        "runs": rows,
+    }
+    files["json"].write_text(json.dumps(report, indent=2, default=str))
     result.files = {k: str(v) for k, v in files.items()}
     log(table)
     return result
@@ -436,34 +501,33 @@ def _mean_std(values: list[float]) -> tuple[float, float | None, int]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None, len(values)
 
 
-def summarise(rows: list[dict[str, Any]], labels: list[str]) -> list[dict[str, Any]]:
-    """Per label: mean and sample standard deviation (n - 1; None for one seed) over seeds, in percent."""
+def summarise(rows: list[dict[str, Any]], labels: list[str], metrics: list[ReportedMetric]) -> list[dict[str, Any]]:
+    """Per label and metric: ``<column>_mean``, ``_std`` (sample, n - 1; None for one seed) and ``_n`` over
+    seeds, in percent; the headline (first) metric also lists each seed's value (``<column>_values``)."""
     summary = []
     for label in labels:
         runs = [row for row in rows if row["method"] == label]
-        top1, top1_std, top1_n = _mean_std([100 * r["top1"] for r in runs])
-        top5, top5_std, top5_n = _mean_std([100 * r["top5"] for r in runs])
-        summary.append(
+        entry = {"method": label, "runs": len(runs)}
+        for index, metric in enumerate(metrics):
+            values = [100 * r[metric.column] for r in runs]
+            mean, std, count = _mean_std(values)
+            entry.update({f"{metric.column}_mean": mean, f"{metric.column}_std": std, f"{metric.column}_n": count})
+            if index == 0:
+                entry[f"{metric.column}_values"] = values
+        entry.update(
             {
-                "method": label,
-                "runs": len(runs),
-                "top1_mean": top1,
-                "top1_std": top1_std,
-                "top1_n": top1_n,
-                "top1_values": [100 * r["top1"] for r in runs],
-                "top5_mean": top5,
-                "top5_std": top5_std,
-                "top5_n": top5_n,
                 "student_parameters": runs[0]["student_parameters"] if runs else 0,
                 "method_parameters": runs[0]["method_parameters"] if runs else 0,
                 "seconds_mean": statistics.mean(r["seconds"] for r in runs) if runs else float("nan"),
             }
         )
+        summary.append(entry)
     return summary
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
-    fields = ["method", "seed", "top1", "top5", "student_parameters", "method_parameters", "teacher_parameters", "train_seconds", "seconds"]
+def write_csv(rows: list[dict[str, Any]], path: Path, metrics: list[ReportedMetric]) -> Path:
+    fields = ["method", "seed", *(metric.column for metric in metrics)]
+    fields += ["student_parameters", "method_parameters", "teacher_parameters", "train_seconds", "seconds"]
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
@@ -477,6 +541,10 @@ def _mean_std_cell(mean: float, std: float | None, count: int) -> str:
     return f"{mean:.2f} (n=1)" if std is None else f"{mean:.2f} +- {std:.2f}"
 
 
+def _percent_cell(fraction: float) -> str:
+    return "n/a" if math.isnan(fraction) else f"{100 * fraction:.2f}"
+
+
 def _config_value(value: Any) -> str:
     return value if value == _NOT_SET else json.dumps(value, default=str)
 
@@ -486,8 +554,16 @@ def _parameters(count: int) -> str:
 
 
 def markdown_report(
-    summary, config: BenchmarkConfig, teacher: dict[str, Any], show_top5: bool, num_classes: int, prompt_seconds: dict[str, float], total_seconds: float
+    summary,
+    config: BenchmarkConfig,
+    teacher: dict[str, Any],
+    metrics: list[ReportedMetric],
+    num_classes: int,
+    prompt_seconds: dict[str, float],
+    total_seconds: float,
 ) -> str:
+    """The results table: a column per metric in ``metrics`` (the headline first), then the headline's
+    difference to the student alone, parameter counts and wall time."""
     import torch
 
     student = config.student.get("student_model", "?")
@@ -503,18 +579,24 @@ def markdown_report(
         changed = config.changed_by_overrides.items()
         changes = "; ".join(f"{key}: {_config_value(old)} -> {_config_value(new)}" for key, (old, new) in changed)
         lines += [f"Overridden for this run (config value -> value run): {changes}.", ""]
-    header = "| method | top-1 (%) |" + (" top-5 (%) |" if show_top5 else "") + " top-1 vs ce | student params | method params | wall time per run (s) |"
-    lines += [header, "|---|---:|" + ("---:|" if show_top5 else "") + "---:|---:|---:|---:|"]
+    headline = metrics[0].column
+    header = "| method |" + "".join(f" {m.label} (%) |" for m in metrics) + f" {metrics[0].label} vs ce | student params | method params | wall time per run (s) |"
+    lines += [header, "|---|" + "---:|" * len(metrics) + "---:|---:|---:|---:|"]
     baseline_label = config.baseline.label if config.baseline else None
-    baseline = next((s["top1_mean"] for s in summary if s["method"] == baseline_label), None)
-    if not math.isnan(teacher["top1"]):
-        cells = f"| teacher {teacher_name} | {100 * teacher['top1']:.2f} |" + (f" {100 * teacher['top5']:.2f} |" if show_top5 else "")
+    baseline = next((s[f"{headline}_mean"] for s in summary if s["method"] == baseline_label), None)
+    if not math.isnan(teacher[headline]):
+        cells = f"| teacher {teacher_name} |" + "".join(f" {_percent_cell(teacher[m.column])} |" for m in metrics)
         lines.append(cells + f" | {_parameters(teacher['student_parameters'])} | | {teacher['seconds']:.0f} |")
     for s in summary:
-        delta = "" if baseline is None or s["method"] == baseline_label else f"{s['top1_mean'] - baseline:+.2f}"
-        cells = f"| {s['method']} | {_mean_std_cell(s['top1_mean'], s['top1_std'], s['top1_n'])} |"
-        if show_top5:
-            cells += f" {_mean_std_cell(s['top5_mean'], s['top5_std'], s['top5_n'])} |"
+        if baseline is None or s["method"] == baseline_label:
+            delta = ""
+        elif math.isnan(baseline) or math.isnan(s[f"{headline}_mean"]):
+            delta = "n/a"
+        else:
+            delta = f"{s[f'{headline}_mean'] - baseline:+.2f}"
+        cells = f"| {s['method']} |" + "".join(
+            f" {_mean_std_cell(s[f'{m.column}_mean'], s[f'{m.column}_std'], s[f'{m.column}_n'])} |" for m in metrics
+        )
         cells += f" {delta} | {_parameters(s['student_parameters'])} | {_parameters(s['method_parameters'])} | {s['seconds_mean']:.0f} |"
         lines.append(cells)
     if len(config.seeds) == 1:
@@ -544,40 +626,42 @@ def _folder_name(path: str) -> str:
     return folder.parent.name if folder.name == "student" and folder.parent.name else folder.name
 
 
-def plot_results(summary, config: BenchmarkConfig, teacher: dict[str, Any], show_top5: bool, path: Path) -> Path:
+def plot_results(summary, config: BenchmarkConfig, teacher: dict[str, Any], metrics: list[ReportedMetric], path: Path) -> Path:
+    """Bar chart, a panel per metric in ``metrics``: mean +- std per label, each seed of the headline as a dot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [("top1", "top-1")] + ([("top5", "top-5")] if show_top5 else [])
+    headline = metrics[0].column
     labels = [s["method"] for s in summary]
     methods_of = {m.label: m.method_names for m in config.methods}
     one_seed = len(config.seeds) == 1
     spread = f"one seed ({config.seeds[0]}), no std" if one_seed else f"mean +- std over {len(config.seeds)} seeds"
     figure, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 0.5 * len(labels) + 1.8), squeeze=False)
-    for axis, (key, title) in zip(axes[0], metrics):
+    for axis, metric in zip(axes[0], metrics):
+        key = metric.column
         means = [s[f"{key}_mean"] for s in summary]
         spreads = [s[f"{key}_std"] or 0.0 for s in summary]
         colors = ["#1f77b4" if set(methods_of[s["method"]]) & set(FREQUENCY_METHODS) else "#9a9a9a" for s in summary]
         positions = list(range(len(labels)))
         axis.barh(positions, means, xerr=spreads, color=colors, capsize=4, alpha=0.85)
-        if key == "top1":
+        if key == headline:
             for position, s in zip(positions, summary):
-                axis.plot(s["top1_values"], [position] * len(s["top1_values"]), "k.", markersize=4)
+                axis.plot(s[f"{key}_values"], [position] * len(s[f"{key}_values"]), "k.", markersize=4)
         teacher_value = 100 * teacher[key]
         if not math.isnan(teacher_value):
             axis.axvline(teacher_value, color="#d62728", linestyle="--", linewidth=1, label=f"teacher {teacher_value:.1f}")
             axis.legend(loc="lower right", fontsize=8)
         # The panels share their rows: labels once, on the left, leave room for long variant names.
-        axis.set_yticks(positions, labels if key == "top1" else [])
+        axis.set_yticks(positions, labels if key == headline else [])
         axis.invert_yaxis()
         teacher_line = [] if math.isnan(teacher_value) else [teacher_value]  # in range even when below every student
         lower = [m - s for m, s in zip(means, spreads) if not math.isnan(m)] + teacher_line
         upper = [m + s for m, s in zip(means, spreads) if not math.isnan(m)] + teacher_line
         if lower:
             axis.set_xlim(max(0.0, min(lower) - 5), min(100.0, max(upper) + 3))
-        axis.set_xlabel(f"{title} accuracy (%), {spread}")
+        axis.set_xlabel(f"{metric.label} (%), {spread}")
         axis.grid(axis="x", alpha=0.3)
     teacher_name = config.teacher.get("student_model") or _folder_name(config.teacher_model)
     figure.suptitle(f"{config.name}: {config.student.get('student_model', '')} distilled from {teacher_name}")

@@ -2,7 +2,10 @@
 of the limit "one student training step + one teacher no-grad forward" measured in the same run.
 
 Pairs (random images, batch 64 by default): CIFAR ResNet32x4 -> ResNet8x4 at 32 px, and a ViT pair
-(ViT-S -> ViT-Ti, patch 4 at 32 px: an 8 x 8 token grid), 100 classes.
+(ViT-S -> ViT-Ti, patch 4 at 32 px: an 8 x 8 token grid), 100 classes; and a detection pair, RetinaNet
+on the CIFAR ResNet-20 -> ResNet-8 (FPN levels p1 .. p4) at 64 px, 3 classes, three random boxes per
+image, where the limit's student step is the detector's own loss. Methods that do not apply to a
+pair's task (the logit methods on detectors) are skipped.
 
 Time. :func:`hf_freqkd.speed.time_step`, the one timing harness (``benchmarks/*.py`` use it too):
 the limit and the method's step (the ``Distiller``, method modules and frozen teacher that
@@ -53,6 +56,7 @@ VIT_32PX = {"img_size": 32, "patch_size": 4}
 PAIRS: dict[str, PairSpec] = {
     "resnet32x4-resnet8x4": PairSpec("resnet32x4", "resnet8x4"),
     "vit_small-vit_tiny": PairSpec("vit_small_patch16_224", "vit_tiny_patch16_224", teacher_kwargs=VIT_32PX, student_kwargs=VIT_32PX),
+    "retinanet_resnet20-retinanet_resnet8": PairSpec("retinanet_resnet20", "retinanet_resnet8", image_size=64, num_classes=3),
 }
 #: each method with its default options, ``ce`` at weight 1 (build_methods adds it)
 METHODS: dict[str, dict[str, Any]] = {
@@ -63,6 +67,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "fam": {"fam": {}},
     "fam_l2l": {"fam_l2l": {}},
     "freekd": {"freekd": {}},
+    "feature_mse": {"feature_mse": {}},
 }
 LIMIT = "limit"
 
@@ -161,6 +166,20 @@ def run_worker(job: dict[str, Any], timeout: float | None = None) -> dict[str, A
 # The benchmark
 
 
+def _pair_task(pair: PairSpec):
+    """The task the pair's student solves (decides which methods apply)."""
+    from ..tasks import task_for_model
+
+    student, _ = _build(pair, 0)
+    return task_for_model(student)
+
+
+def normalize_method_classes(spec: dict[str, Any]) -> list[type]:
+    from ..methods.registry import get_method_class
+
+    return [get_method_class(name) for name in spec]
+
+
 def _freekd_prompts(pair: PairSpec, folder: Path) -> dict[str, Any]:
     """FreeKD options with a prompts file of random prompts (timing does not depend on the values)."""
     import torch
@@ -222,8 +241,12 @@ def run_speed_benchmark(
                 raise RuntimeError(f"speed benchmark: the limit step of {pair_name} failed: {limit['error']}")
             rows.append({"pair": pair_name, "method": LIMIT, "limit_ms": float("nan"), "step_ms": float("nan"), "time_ratio": 1.0,
                          "peak_mib": limit["peak_mib"], "memory_ratio": 1.0, "memory_source": limit["memory_source"], "error": ""})
+            task = _pair_task(pair)
             for method in methods:
                 spec = {name: dict(options) for name, options in METHODS[method].items()}
+                if not all(task.applies(cls) for cls in normalize_method_classes(spec)):
+                    log(f"{pair_name}: {method} skipped (does not apply to {task.name})")
+                    continue
                 if "freekd" in spec:
                     folder = Path(scratch) / pair_name
                     folder.mkdir(exist_ok=True)

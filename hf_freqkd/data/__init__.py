@@ -12,6 +12,14 @@ from .loading import (
     pick_split,
     with_image_transform,
 )
+from .detection import (
+    DetectionTransform,
+    check_detection_rows,
+    count_detection_classes,
+    detect_detection_columns,
+    detection_collator,
+    with_detection_transform,
+)
 from .segmentation import (
     SegmentationTransform,
     check_mask_labels_in_range,
@@ -19,9 +27,17 @@ from .segmentation import (
     detect_mask_columns,
     with_segmentation_transform,
 )
+from .shapes_detection import load_shapes_detection
 from .shapes_segmentation import load_shapes_segmentation
 
 __all__ = [
+    "DetectionTransform",
+    "check_detection_rows",
+    "count_detection_classes",
+    "detect_detection_columns",
+    "detection_collator",
+    "load_shapes_detection",
+    "with_detection_transform",
     "ImageClassificationTransform",
     "SegmentationTransform",
     "check_mask_labels_in_range",

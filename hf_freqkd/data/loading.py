@@ -3,7 +3,8 @@
 ``dataset`` may be ``digits`` (the bundled offline set), ``fine_grained_synthetic`` (generated
 offline, sized by ``dataset_config_name``; see :mod:`hf_freqkd.data.fine_grained`),
 ``shapes_segmentation`` (generated offline segmentation masks, likewise; see
-:mod:`hf_freqkd.data.shapes_segmentation`), a local image folder (``imagefolder``
+:mod:`hf_freqkd.data.shapes_segmentation`), ``shapes_detection`` (generated offline boxes, likewise;
+see :mod:`hf_freqkd.data.shapes_detection`), a local image folder (``imagefolder``
 layout: one sub-folder per class), a ``.parquet`` file, a folder in a Hub dataset's layout
 (``train-*.parquet`` / ``test-*.parquet``, ``data/<split>-*``, ``<split>/<class>/<image>``: split by
 ``datasets`` as it splits the Hub repo), or a Hub dataset id. Images and
@@ -19,6 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from ..errors import ConfigError, DataError
 from ..sources import (
     hub_offline_message,
@@ -32,13 +36,14 @@ from ..sources import (
 from .digits import DIGITS_NAME, load_digits_dataset
 from .fine_grained import FINE_GRAINED_NAME, load_fine_grained_dataset, parse_fine_grained_config
 from .seeding import ROW_INDEX_COLUMN, SeededAugmentation, with_row_index
+from .shapes_detection import SHAPES_DETECTION_NAME, load_shapes_detection, parse_shapes_detection_config
 from .shapes_segmentation import SHAPES_SEGMENTATION_NAME, load_shapes_segmentation, parse_shapes_config
 
 IMAGE_COLUMN_NAMES = ("image", "img", "jpg", "png", "picture")
 LABEL_COLUMN_NAMES = ("label", "labels", "fine_label", "target", "class", "category")
 AUGMENTATIONS = ("crop_flip", "crop", "timm", "none")
 #: data sets generated offline by name (no files, no Hub)
-GENERATED_DATASETS = (DIGITS_NAME, SHAPES_SEGMENTATION_NAME, FINE_GRAINED_NAME)
+GENERATED_DATASETS = (DIGITS_NAME, SHAPES_SEGMENTATION_NAME, SHAPES_DETECTION_NAME, FINE_GRAINED_NAME)
 _FILES_AND_FOLDERS = "a local image folder (<folder>/<class>/<image>), a .parquet file or folder"
 LOCAL_DATASET_SOURCES = f"{_FILES_AND_FOLDERS}, or a generated set ({', '.join(GENERATED_DATASETS)})"
 DATASET_SOURCES = f"{_FILES_AND_FOLDERS}, a generated set ({', '.join(GENERATED_DATASETS)}) or a Hub dataset id (ORG/NAME)"
@@ -56,6 +61,8 @@ def load_image_dataset(dataset: str, config_name: str | None = None, trust_remot
         return load_fine_grained_dataset(**vars(parse_fine_grained_config(config_name)))
     if dataset == SHAPES_SEGMENTATION_NAME:
         return load_shapes_segmentation(**parse_shapes_config(config_name))
+    if dataset == SHAPES_DETECTION_NAME:
+        return load_shapes_detection(**parse_shapes_detection_config(config_name))
     if not isinstance(dataset, str) or not dataset:
         raise DataError(f"dataset {dataset!r} is invalid: expected {DATASET_SOURCES}")
     path = local_path(dataset)
@@ -211,6 +218,10 @@ def build_image_transform(input_config: dict[str, Any], training: bool, augmenta
     ``crop_flip`` is the CIFAR recipe (random crop with 1/8 padding + horizontal flip), ``crop`` the
     same without flip (for digits and text-like images), ``timm`` timm's ImageNet training
     transform (RandomResizedCrop + flip), ``none`` the eval transform.
+
+    For ``crop`` / ``crop_flip`` training, ``with_image_transform`` runs :class:`SeededCropFlip`
+    instead, which computes the same images with tensor ops on a whole batch; this pipeline is its
+    reference (tests compare the two) and the plain pipeline of ``hf-freqkd benchmark data``.
     """
     import timm.data
     from torchvision import transforms
@@ -230,7 +241,7 @@ def build_image_transform(input_config: dict[str, Any], training: bool, augmenta
         return timm.data.create_transform(is_training=True, **common)
     steps = [
         transforms.Resize((height, width)),
-        transforms.RandomCrop((height, width), padding=max(1, height // 8)),
+        transforms.RandomCrop((height, width), padding=crop_padding(height)),
     ]
     if augmentation == "crop_flip":
         steps.append(transforms.RandomHorizontalFlip())
@@ -238,10 +249,91 @@ def build_image_transform(input_config: dict[str, Any], training: bool, augmenta
     return transforms.Compose(steps)
 
 
-class ImageClassificationTransform:
-    """``datasets`` transform: rows of (image, label) -> ``pixel_values`` tensors and ``labels``."""
+def crop_padding(height: int) -> int:
+    """Zero padding of the ``crop`` / ``crop_flip`` random crop: 1/8 of the height (4 px at 32 px), at least 1."""
+    return max(1, height // 8)
 
-    def __init__(self, image_column: str, label_column: str, image_transform, channels: int, image_feature=None, seeding=None):
+
+class SeededCropFlip:
+    """The ``crop`` / ``crop_flip`` training transform of a batch of PIL images, with tensor ops.
+
+    Computes what :func:`build_image_transform`'s torchvision pipeline (Resize, RandomCrop with zero
+    padding, RandomHorizontalFlip, ToTensor, Normalize) computes, bit for bit, making the same
+    draws in the same order (crop top, crop left, flip) from the generator given for each image
+    instead of torch's global one: ``torch.Generator().manual_seed(s)`` here gives the image that
+    ``torch.manual_seed(s)`` then the torchvision pipeline gives. The saving is in doing it once per
+    batch: one uint8 array for the batch, slices for the crops, one float conversion and
+    normalisation, no per-image PIL padding or tensor conversion.
+    """
+
+    def __init__(self, input_config: dict[str, Any], flip: bool):
+        _, self.height, self.width = input_config["input_size"]
+        self.padding = crop_padding(self.height)
+        self.flip = flip
+        self.mean = torch.as_tensor(input_config["mean"], dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.as_tensor(input_config["std"], dtype=torch.float32).view(-1, 1, 1)
+
+    def draw(self, generator) -> tuple[int, int, bool]:
+        """(top, left, flipped) of one image, drawn as RandomCrop.get_params and RandomHorizontalFlip draw them."""
+        positions = 2 * self.padding + 1  # padded size - crop size + 1
+        top = int(torch.randint(0, positions, size=(1,), generator=generator).item())
+        left = int(torch.randint(0, positions, size=(1,), generator=generator).item())
+        flipped = self.flip and bool(torch.rand(1, generator=generator) < 0.5)
+        return top, left, flipped
+
+    def pixels(self, images) -> torch.Tensor:
+        """The images as one (N, C, H, W) uint8 tensor, each resized to the input size as ``Resize`` does."""
+        from torchvision.transforms import functional
+
+        size = (self.width, self.height)
+        resized = [image if image.size == size else functional.resize(image, [self.height, self.width]) for image in images]
+        batch = torch.from_numpy(np.stack([np.asarray(image) for image in resized]))
+        return batch.unsqueeze(1) if batch.ndim == 3 else batch.permute(0, 3, 1, 2)
+
+    def __call__(self, images, generators) -> list[torch.Tensor]:
+        """``pixel_values`` of ``images`` (PIL, one mode), one generator (or None: torch's global one) per image."""
+        if not images:
+            return []
+        pixels = self.pixels(images)
+        count, channels = pixels.shape[:2]
+        pad, height, width = self.padding, self.height, self.width
+        padded = pixels.new_zeros((count, channels, height + 2 * pad, width + 2 * pad))
+        padded[:, :, pad : pad + height, pad : pad + width] = pixels
+        views = []
+        for index, generator in enumerate(generators):
+            top, left, flipped = self.draw(generator)
+            view = padded[index, :, top : top + height, left : left + width]
+            views.append(view.flip(-1) if flipped else view)
+        # ToTensor's division then Normalize's subtraction and division, in float32 as they compute them.
+        batch = torch.stack(views).to(torch.float32).div_(255).sub_(self.mean).div_(self.std)
+        return list(batch.unbind(0))
+
+
+def decode_image(image, image_feature=None):
+    """``image`` as datasets gives it, decoded with its column's ``datasets.Image`` feature when it
+    arrives undecoded (a dict of bytes / path); a broken file is a DataError naming it."""
+    if image_feature is None or not isinstance(image, dict):
+        return image
+    try:
+        return image_feature.decode_example(image)
+    except Exception as error:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError...
+        source = image.get("path") or "an in-memory image"
+        raise DataError(
+            f"image '{source}' could not be read ({error}): the file is truncated or not an image; remove or replace it"
+        ) from None
+
+
+class ImageClassificationTransform:
+    """``datasets`` transform: rows of (image, label) -> ``pixel_values`` tensors and ``labels``.
+
+    ``batch_transform`` (a :class:`SeededCropFlip`), when given, transforms the whole batch with
+    each row's own generator; otherwise ``image_transform`` runs image by image, and with
+    ``seeding`` each image is drawn from the process's generators seeded for its row.
+    """
+
+    def __init__(
+        self, image_column: str, label_column: str, image_transform, channels: int, image_feature=None, seeding=None, batch_transform=None
+    ):
         self.image_column = image_column
         self.label_column = label_column
         self.image_transform = image_transform
@@ -250,25 +342,25 @@ class ImageClassificationTransform:
         self.image_feature = image_feature
         #: per-sample random state for training augmentation (see hf_freqkd.data.seeding)
         self.seeding = seeding
+        self.batch_transform = batch_transform
 
     def decode(self, image):
-        if self.image_feature is None or not isinstance(image, dict):
-            return image
-        try:
-            return self.image_feature.decode_example(image)
-        except Exception as error:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError...
-            source = image.get("path") or "an in-memory image"
-            raise DataError(
-                f"image '{source}' could not be read ({error}): the file is truncated or not an image; remove or replace it"
-            ) from None
+        return decode_image(image, self.image_feature)
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        images = [self.decode(image).convert(self.mode) for image in batch[self.image_column]]
+        images = [self.decode(image) for image in batch[self.image_column]]
+        images = [image if image.mode == self.mode else image.convert(self.mode) for image in images]
         rows = batch.get(ROW_INDEX_COLUMN)
-        if self.seeding is not None and rows is not None:
-            pixel_values = []
-            for image, row in zip(images, rows):
-                with self.seeding.sample_random_state(row):
+        seeded = self.seeding is not None and rows is not None
+        if self.batch_transform is not None:
+            generators = self.seeding.generators(rows) if seeded else [None] * len(images)
+            pixel_values = self.batch_transform(images, generators)
+        elif seeded:
+            # One save and restore of the process's generators for the batch, one seeding per image.
+            with self.seeding.process_random_state_kept():
+                pixel_values = []
+                for image, row in zip(images, rows):
+                    self.seeding.seed_process(row)
                     pixel_values.append(self.image_transform(image))
         else:
             pixel_values = [self.image_transform(image) for image in images]
@@ -276,14 +368,21 @@ class ImageClassificationTransform:
 
 
 def with_image_transform(dataset, image_column: str, label_column: str, input_config: dict[str, Any], training: bool, augmentation: str):
-    """Return ``dataset`` formatted to yield ``pixel_values`` and ``labels`` for the model."""
+    """Return ``dataset`` formatted to yield ``pixel_values`` and ``labels`` for the model.
+
+    Training with ``crop`` / ``crop_flip`` runs :class:`SeededCropFlip` on each batch; ``timm``
+    runs timm's transform image by image (its RandomResizedCrop has no batched path here), and is
+    several times slower per image.
+    """
     import datasets
 
     transform = build_image_transform(input_config, training, augmentation)
-    seeding = None
+    seeding = batch_transform = None
     if training and augmentation != "none":
         seeding = SeededAugmentation()  # DistillationTrainer sets its seed and epoch
         dataset = with_row_index(dataset)
+    if training and augmentation in ("crop", "crop_flip"):
+        batch_transform = SeededCropFlip(input_config, flip=augmentation == "crop_flip")
     feature = dataset.features.get(image_column)
     if isinstance(feature, datasets.Image) and feature.decode:
         # Decode in the transform, not in datasets, so that a broken file is reported by name.
@@ -291,5 +390,7 @@ def with_image_transform(dataset, image_column: str, label_column: str, input_co
     else:
         feature = None
     return dataset.with_transform(
-        ImageClassificationTransform(image_column, label_column, transform, input_config["input_size"][0], feature, seeding)
+        ImageClassificationTransform(
+            image_column, label_column, transform, input_config["input_size"][0], feature, seeding, batch_transform
+        )
     )

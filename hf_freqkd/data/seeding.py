@@ -10,7 +10,6 @@ Trainer already restores exactly; a resumed run then continues bit for bit.
 
 from __future__ import annotations
 
-
 import math
 import random
 from contextlib import contextmanager
@@ -24,30 +23,71 @@ ROW_INDEX_COLUMN = "__hf_freqkd_row__"
 
 
 class SeededAugmentation:
-    """Holds the seed and the current epoch; ``sample_random_state(row)`` scopes one sample's draws."""
+    """Holds the seed and the current epoch, from which each sample's draws follow.
+
+    Transforms that take a generator draw from ``generator(row)`` (the crop and flip of
+    ``crop`` / ``crop_flip``): a ``torch.Generator`` of the sample's own, nothing global touched.
+    Transforms that draw from the process's generators (timm's, torchvision's) run inside
+    ``sample_random_state(row)``, or - cheaper for a batch - inside one ``process_random_state_kept()``
+    with ``seed_process(row)`` before each sample.
+
+    The epoch is kept in shared memory: DataLoader workers work on a copy of the dataset made when
+    they start, and persistent workers (kept from one epoch to the next) must still see the epoch
+    the trainer sets in the main process.
+    """
 
     def __init__(self, seed: int = 0):
         self.seed = seed
-        self.epoch = 0
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
-    def sample_seed(self, row: int) -> int:
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._epoch.fill_(int(value))
+
+    def sample_seed(self, row: int, epoch: int | None = None) -> int:
         # Distinct for every (seed, epoch, row) a run can reach; torch and random take 64-bit seeds.
-        return (((self.seed * 1_000_003) + self.epoch) * 2_147_483_647 + int(row)) % (2**63)
+        epoch = self.epoch if epoch is None else epoch
+        return (((self.seed * 1_000_003) + epoch) * 2_147_483_647 + int(row)) % (2**63)
+
+    def generator(self, row: int, epoch: int | None = None) -> torch.Generator:
+        """A CPU ``torch.Generator`` seeded for one sample: the stream ``torch.manual_seed(sample_seed(row))`` gives."""
+        return torch.Generator().manual_seed(self.sample_seed(row, epoch))
+
+    def generators(self, rows) -> list[torch.Generator]:
+        """``generator(row)`` for each row of a batch (the shared epoch read once)."""
+        epoch = self.epoch
+        return [self.generator(row, epoch) for row in rows]
+
+    def seed_process(self, row: int) -> None:
+        """Seed torch's CPU generator, ``random`` and NumPy for one sample (inside ``process_random_state_kept``)."""
+        seed = self.sample_seed(row)
+        # Not torch.manual_seed: it also queues a seed for every GPU backend, recording a stack trace
+        # for each (about 1 ms a call), and leaves the GPU generators changed afterwards.
+        torch.default_generator.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % (2**32))
+
+    @contextmanager
+    def process_random_state_kept(self):
+        """Restore torch's CPU generator, ``random`` and NumPy's global state on exit."""
+        torch_state, python_state, numpy_state = torch.get_rng_state(), random.getstate(), np.random.get_state()
+        try:
+            yield
+        finally:
+            torch.set_rng_state(torch_state)
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
     @contextmanager
     def sample_random_state(self, row: int):
-        """Seed torch, ``random`` and NumPy for one sample, restoring the process's state afterwards."""
-        seed = self.sample_seed(row)
-        python_state, numpy_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            random.seed(seed)
-            np.random.seed(seed % (2**32))
-            try:
-                yield
-            finally:
-                random.setstate(python_state)
-                np.random.set_state(numpy_state)
+        """Seed torch (CPU), ``random`` and NumPy for one sample, restoring the process's state afterwards."""
+        with self.process_random_state_kept():
+            self.seed_process(row)
+            yield
 
 
 def with_row_index(dataset):

@@ -125,6 +125,13 @@ def shape_region(rng: np.random.Generator, kind: str, size: int) -> np.ndarray:
     cy, cx = rng.uniform(radius, size - radius, 2)
     canvas = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(canvas)
+    draw_shape(draw, kind, cx, cy, radius, rng)
+    return np.asarray(canvas, dtype=bool)
+
+
+def draw_shape(draw, kind: str, cx: float, cy: float, radius: float, rng: np.random.Generator, min_arm: float = 0.0) -> None:
+    """Draw one shape of ``kind`` (value 1) centred at (cx, cy) with ``radius``; orientations from ``rng``.
+    Shared by the segmentation and detection sets (``min_arm`` keeps a small cross's arms visible)."""
     if kind == "circle":
         draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=1)
     elif kind == "square":
@@ -138,12 +145,11 @@ def shape_region(rng: np.random.Generator, kind: str, size: int) -> np.ndarray:
         points = [(cx, cy) + radius * np.array(p) @ axes for p in ((1.0, 0.0), (0.0, 0.55), (-1.0, 0.0), (0.0, -0.55))]
         draw.polygon([tuple(p) for p in points], fill=1)
     elif kind == "cross":
-        arm = radius * 0.35
+        arm = max(radius * 0.35, min_arm)
         draw.rectangle([cx - radius, cy - arm, cx + radius, cy + arm], fill=1)
         draw.rectangle([cx - arm, cy - radius, cx + arm, cy + radius], fill=1)
     else:
         raise ValueError(f"shape kind '{kind}' is unknown; expected one of {', '.join(SHAPE_KINDS)}")
-    return np.asarray(canvas, dtype=bool)
 
 
 def _rotated(cx: float, cy: float, radius: float, angle: float, corners: int, offset: float = 0.0) -> list[tuple[float, float]]:

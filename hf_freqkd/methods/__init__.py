@@ -13,6 +13,7 @@ from . import ce, kd  # noqa: E402,F401  isort:skip
 from . import dkd, figkd  # noqa: E402,F401  isort:skip
 from . import freekd  # noqa: E402,F401  isort:skip
 from . import fam  # noqa: E402,F401  isort:skip
+from . import feature_mse  # noqa: E402,F401  isort:skip
 
 __all__ = [
     "DistillationMethod",

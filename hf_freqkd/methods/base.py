@@ -82,6 +82,9 @@ class DistillationMethod(nn.Module):
     uses_teacher: ClassVar[bool] = True
     #: False for the ground-truth term, which is never scaled by the distillation warm-up.
     warms_up: ClassVar[bool] = True
+    #: False for methods that read only the teacher's features: a detector teacher then stops after
+    #: its FPN (no head, no NMS) when no method of the run reads its predictions.
+    reads_teacher_logits: ClassVar[bool] = True
     #: The tasks (hf_freqkd.tasks) this method applies to. Segmentation means per-pixel logits
     #: (B, K, H, W) and labels (B, H, W) with -100 where ignored; logit methods written for (B, K)
     #: logits list classification only.

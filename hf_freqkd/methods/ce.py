@@ -30,13 +30,17 @@ class CEOptions(MethodOptions):
 @register_method
 class CrossEntropy(DistillationMethod):
     name = "ce"
-    description = "Cross-entropy with the labels: the student trained alone; every run keeps this term."
+    description = "The label term: cross-entropy, or a detector's own loss; the student alone; in every run."
     options_class = CEOptions
     uses_teacher = False
     warms_up = False
-    # cross_entropy takes (B, K, H, W) logits with (B, H, W) labels and skips the -100 (ignored) pixels.
-    tasks = ("classification", "segmentation")
+    # cross_entropy takes (B, K, H, W) logits with (B, H, W) labels and skips the -100 (ignored) pixels;
+    # a detector's label term is its own loss, computed in its forward.
+    tasks = ("classification", "segmentation", "detection")
 
     def forward(self, student: LogitsAndFeatures, teacher: LogitsAndFeatures | None, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        if student.losses is not None:
+            # The detector's losses by part (loss_classification, loss_box_regression, ...), each logged.
+            return {f"loss_{name}": value for name, value in student.losses.items()}
         loss = F.cross_entropy(student.logits.float(), labels, label_smoothing=self.options.label_smoothing)
         return {"loss_ce": loss}

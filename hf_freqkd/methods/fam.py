@@ -245,6 +245,9 @@ class _FrequencyAttentionDistillation(DistillationMethod):
     """What ``fam`` and ``fam_l2l`` share: stage pairing, shape checks, teacher targets, the loss."""
 
     loss_name = "loss_fam"
+    # Stage maps only: on a detector the stages are its FPN levels (docs/methods/fam.md, "Detection").
+    tasks = ("classification", "detection")
+    reads_teacher_logits = False
 
     def feature_request(self, student, teacher) -> FeatureRequest:
         options = self.options

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import MethodOptionsError, MissingPathError, ModelError
+from ..errors import MethodOptionsError, MissingPathError
 from ..frequency.wavelet2d import BACKENDS, BOUNDARY_MODES, is_discrete_wavelet, wavelet_decompose
 from ..layers.frequency_prompts import (
     DISSIMILARITIES,
@@ -47,7 +47,7 @@ from ..layers.frequency_prompts import (
     masked_band_l1,
     pair_channel_weights,
 )
-from ..models.pairing import evenly_spaced, pair_layers
+from ..models.pairing import check_paired_maps, evenly_spaced, pair_layers
 from ..types import BackboneInfo, FeatureRequest, LogitsAndFeatures
 from .base import DistillationMethod, MethodOptions, in_dtype_of, require, require_weight
 from .registry import register_method
@@ -78,9 +78,10 @@ class FreeKDOptions(MethodOptions):
     wavelet: str = field(default="haar", metadata={"help": "Discrete wavelet (pywt name: haar, db2, ...)."})
     levels: int = field(default=3, metadata={"help": "Wavelet levels L (>= 1); prompts have shape (L + 1, T, C)."})
     mode: str = field(default="zero", metadata={"help": f"Boundary padding of the transform: {', '.join(BOUNDARY_MODES)}."})
-    wavelet_backend: Literal["auto", "matrix", "ptwt"] = field(
+    wavelet_backend: Literal["auto", "haar", "matrix", "ptwt"] = field(
         default="auto",
-        metadata={"help": "How the transform is computed (same coefficients): 'matrix' (ptwt's 1-D transform as matrix products), 'ptwt' (ptwt.wavedec2), 'auto' (matrix up to 64 px a side)."},
+        metadata={"help": "How the transform is computed (same coefficients): 'haar' (2x2 block sums, haar only), 'matrix' "
+                          "(ptwt's 1-D transform as matrix products), 'ptwt' (ptwt.wavedec2), 'auto' (haar for haar, else matrix up to 64 px)."},
     )
     # Stage 2 loss
     distill_low: bool = field(default=False, metadata={"help": "Also distil the masked low band (off in paper and code)."})
@@ -130,6 +131,7 @@ class FreeKDOptions(MethodOptions):
         require(self.levels >= 1, "levels", self.levels, "an integer >= 1")
         require(self.mode in BOUNDARY_MODES, "mode", self.mode, f"one of {', '.join(BOUNDARY_MODES)}")
         require(self.wavelet_backend in BACKENDS, "wavelet_backend", self.wavelet_backend, f"one of {', '.join(BACKENDS)}")
+        require(self.wavelet_backend != "haar" or self.wavelet == "haar", "wavelet_backend", self.wavelet_backend, f"'auto', 'matrix' or 'ptwt' with wavelet {self.wavelet!r} (haar needs wavelet: haar)")
         require_weight(self.mse_weight, "mse_weight")
         require(self.relation_hidden >= 1, "relation_hidden", self.relation_hidden, "an integer >= 1")
         require(
@@ -179,8 +181,9 @@ class FreeKD(DistillationMethod):
     name = "freekd"
     description = "FreeKD: L1 on feature wavelet bands, masked by prompts fitted on the teacher (CVPR 2024)."
     options_class = FreeKDOptions
-    # Backbone features only: the same loss for classifiers and segmentation networks.
-    tasks = ("classification", "segmentation")
+    # Feature maps only: the same loss for classifiers, segmentation networks and detectors (FPN levels).
+    tasks = ("classification", "segmentation", "detection")
+    reads_teacher_logits = False
 
     def __init__(self, options: FreeKDOptions | None = None):
         super().__init__(options)
@@ -194,10 +197,7 @@ class FreeKD(DistillationMethod):
 
     def build(self, student_shapes, teacher_shapes, num_classes: int) -> None:
         options = self.options
-        for student_layer, teacher_layer in self.pairs:
-            for role, layer, shape in (("student", student_layer, student_shapes[student_layer]), ("teacher", teacher_layer, teacher_shapes[teacher_layer])):
-                if len(shape) != 4:
-                    raise ModelError(f"freekd: the {role} feature '{layer}' has shape {tuple(shape)}, not a (B, C, H, W) map")
+        check_paired_maps("freekd", self.pairs, student_shapes, teacher_shapes)
         self.adapters = nn.ModuleList(
             nn.Conv2d(student_shapes[s][1], teacher_shapes[t][1], kernel_size=1) for s, t in self.pairs
         )

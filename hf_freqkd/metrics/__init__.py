@@ -9,6 +9,7 @@ import numpy as np
 
 IMAGE_CLASSIFICATION_METRIC = str(Path(__file__).parent / "image_classification")
 MEAN_IOU_METRIC = str(Path(__file__).parent / "mean_iou")
+DETECTION_MAP_METRIC = str(Path(__file__).parent / "detection_map")
 #: reference value of unlabelled pixels in evaluation labels (see hf_freqkd.data.segmentation)
 SEGMENTATION_IGNORE_LABEL = -100
 
@@ -63,3 +64,63 @@ def compute_segmentation_metrics(eval_prediction, num_classes: int, ignore_index
         predictions=predictions, references=np.asarray(eval_prediction.label_ids), num_labels=num_classes, ignore_index=ignore_index
     )
     return {name: scores[name] for name in ("mean_iou", "pixel_accuracy", "mean_accuracy")}
+
+
+@lru_cache(maxsize=None)
+def load_detection_map_metric():
+    """The local COCO box mAP module (torchmetrics + pycocotools, no Hub access)."""
+    import evaluate
+
+    return evaluate.load(DETECTION_MAP_METRIC)
+
+
+#: the scores :func:`compute_detection_metrics` returns (-1 where COCO leaves them undefined)
+DETECTION_METRIC_NAMES = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100")
+
+
+def _unpadded_rows(rows: np.ndarray, class_column: int) -> list[np.ndarray]:
+    """Per-image rows without the padding (class < 0) of the collator and of the Trainer's concatenation."""
+    return [image[image[:, class_column] >= 0] for image in rows]
+
+
+def compute_detection_metrics(eval_prediction, num_classes: int | None = None) -> dict[str, float]:
+    """``compute_metrics`` for detection: COCO mAP (IoU 0.50:0.95), AP at 0.50 and 0.75, AP by object
+    size and recall at 100 detections per image.
+
+    ``predictions`` are ``(N, N_max, 6)`` rows x1, y1, x2, y2, score, class (or a tuple whose first
+    item is that array); ``label_ids`` are ``(N, M_max, 5)`` rows class, x1, y1, x2, y2; pixels,
+    corners; rows with class < 0 (-100) are padding. ``num_classes``, when given, is checked against
+    every class id. A score is -1 where COCO leaves it undefined (no reference box in that group).
+    """
+    from ..errors import DataError, ModelError
+
+    predictions = eval_prediction.predictions
+    if isinstance(predictions, (tuple, list)):
+        predictions = predictions[0]
+    predictions = np.asarray(predictions, dtype=np.float32)
+    references = np.asarray(eval_prediction.label_ids, dtype=np.float32)
+    if predictions.ndim != 3 or predictions.shape[-1] != 6:
+        raise ModelError(
+            f"detection predictions have shape {predictions.shape}: expected (images, detections, 6) rows of "
+            "x1, y1, x2, y2, score, class"
+        )
+    if references.ndim != 3 or references.shape[-1] != 5 or len(references) != len(predictions):
+        raise DataError(
+            f"detection labels have shape {references.shape}: expected ({len(predictions)}, boxes, 5) rows of "
+            f"class, x1, y1, x2, y2 for the predictions of shape {predictions.shape}"
+        )
+    predictions, references = _unpadded_rows(predictions, 5), _unpadded_rows(references, 0)
+    if num_classes is not None:
+        for name, rows, class_column, error in (
+            ("labels", references, 0, DataError),
+            ("predictions", predictions, 5, ModelError),
+        ):
+            classes = np.unique(np.concatenate([np.zeros(0, np.float32)] + [image[:, class_column] for image in rows]))
+            outside = classes[(classes >= num_classes) | (classes != np.round(classes))]
+            if outside.size:
+                raise error(
+                    f"detection {name} hold class ids {outside.tolist()[:5]}: "
+                    f"expected integers in 0..{num_classes - 1} (or -100 for padding rows)"
+                )
+    scores = load_detection_map_metric().compute(predictions=predictions, references=references)
+    return {name: scores[name] for name in DETECTION_METRIC_NAMES}

@@ -23,12 +23,18 @@ from transformers.utils import ModelOutput
 from ..errors import ModelError
 from ..types import BackboneInfo, LogitsAndFeatures
 from .loading import is_transformers_model
+from .transformers_detection import is_unwrapped_transformers_detector
 
 HIDDEN_STATES = "hidden_states."
 
 
 def backbone_info(model: nn.Module) -> BackboneInfo:
     """What feature methods need to know about ``model`` (stage layers, token layout), read from it."""
+    if is_unwrapped_transformers_detector(model):
+        raise ModelError(
+            f"{type(model).__name__} is a transformers object detector: wrap it as TransformersDetector(model) "
+            "(hf_freqkd.models.transformers_detection; load_model does) to give it losses by part, detections and pyramid features"
+        )
     stages = tuple(default_feature_layers(model))
     backbone = getattr(model, "feature_backbone", None)
     if isinstance(backbone, str):
@@ -55,8 +61,8 @@ def backbone_info(model: nn.Module) -> BackboneInfo:
 
 
 def default_feature_layers(model: nn.Module) -> list[str]:
-    """The stage outputs timm's feature API knows, or every transformers hidden state."""
-    if is_transformers_model(model):
+    """The stage outputs timm's feature API knows (a detector's pyramid levels), or every transformers hidden state."""
+    if is_transformers_model(model) and not getattr(model, "is_detection_model", False):
         depth = getattr(model.config, "num_hidden_layers", None)
         if depth is None:
             depth = len(getattr(model.config, "depths", [])) or 0
@@ -71,10 +77,14 @@ def default_feature_layers(model: nn.Module) -> list[str]:
 class FeatureExtractor(nn.Module):
     """Wrap a classifier so that ``forward(pixel_values)`` returns :class:`LogitsAndFeatures`."""
 
-    def __init__(self, model: nn.Module, layers: Sequence[str] = (), as_maps: bool = True):
+    def __init__(self, model: nn.Module, layers: Sequence[str] = (), as_maps: bool = True, predictions: bool = True):
         super().__init__()
         self.model = model
-        self.is_transformers = is_transformers_model(model)
+        #: False: a detector stops after the layers the features come from (no head, no NMS); its
+        #: ``logits`` are then None. Classifiers always compute their logits.
+        self.predictions = predictions
+        # A transformers detector (TransformersDetector) is read through its own forward, not hidden_states.<i>.
+        self.is_transformers = is_transformers_model(model) and not getattr(model, "is_detection_model", False)
         self.info = backbone_info(model)
         #: return every feature as a (B, C, H, W) map (see BackboneInfo.to_map)
         self.as_maps = as_maps
@@ -115,9 +125,15 @@ class FeatureExtractor(nn.Module):
 
         return hook
 
-    def forward(self, pixel_values: torch.Tensor) -> LogitsAndFeatures:
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> LogitsAndFeatures:
+        """Logits and features; ``labels`` reach only networks that compute their own losses (detectors)."""
         self._captured = {}
-        if self.is_transformers:
+        losses = None
+        if getattr(self.model, "is_detection_model", False):
+            # A detector's losses need the boxes, and come from the same forward as the features.
+            output = self.model(pixel_values, labels) if self.predictions else self.model(pixel_values, labels, predict=False)
+            logits, losses = output.detections, output.losses
+        elif self.is_transformers:
             wants_hidden = any(name.startswith(HIDDEN_STATES) for name in self.layers)
             output = self.model(pixel_values=pixel_values, output_hidden_states=wants_hidden)
             logits = output.logits
@@ -132,7 +148,7 @@ class FeatureExtractor(nn.Module):
             size = tuple(pixel_values.shape[-2:])
             features = {name: self.info.to_map(value, size) for name, value in features.items()}
         self._captured = {}
-        return LogitsAndFeatures(logits=logits, features=features)
+        return LogitsAndFeatures(logits=logits, features=features, losses=losses)
 
 
 class FrozenTeacher(FeatureExtractor):
@@ -144,8 +160,10 @@ class FrozenTeacher(FeatureExtractor):
     into it: FreeKD's frequency prompts (:mod:`hf_freqkd.prompt_fitting`).
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[str] = (), as_maps: bool = True, pass_gradients: bool = False):
-        super().__init__(model, layers, as_maps)
+    def __init__(
+        self, model: nn.Module, layers: Sequence[str] = (), as_maps: bool = True, pass_gradients: bool = False, predictions: bool = True
+    ):
+        super().__init__(model, layers, as_maps, predictions)
         self.pass_gradients = pass_gradients
         self.model.requires_grad_(False)
         super().train(False)
@@ -153,6 +171,6 @@ class FrozenTeacher(FeatureExtractor):
     def train(self, mode: bool = True) -> "FrozenTeacher":
         return super().train(False)
 
-    def forward(self, pixel_values: torch.Tensor) -> LogitsAndFeatures:
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> LogitsAndFeatures:
         with torch.set_grad_enabled(self.pass_gradients and torch.is_grad_enabled()):
-            return super().forward(pixel_values)
+            return super().forward(pixel_values, labels)

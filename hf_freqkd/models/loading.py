@@ -48,9 +48,12 @@ CHECKPOINT_SOURCES = "a .safetensors or torch weights file, or a Trainer checkpo
 
 
 def is_transformers_model(model: nn.Module) -> bool:
+    """A transformers model, or a transformers detector wrapped for the detection task (saved as the model itself)."""
     from transformers import PreTrainedModel
 
-    return isinstance(model, PreTrainedModel)
+    from .transformers_detection import TransformersDetector
+
+    return isinstance(model, (PreTrainedModel, TransformersDetector))
 
 
 def load_model(
@@ -165,19 +168,26 @@ def _load_timm(name: str, num_classes: int | None, pretrained: bool, model_kwarg
 def _load_transformers(
     name: str, num_classes: int | None, pretrained: bool, model_kwargs: dict[str, Any], trust_remote_code: bool
 ) -> nn.Module:
-    from transformers import AutoConfig, AutoModelForImageClassification
+    from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForObjectDetection
+
+    from .transformers_detection import TransformersDetector, is_object_detection_config
 
     kwargs = dict(model_kwargs)
     if num_classes is not None:
         kwargs["num_labels"] = num_classes
     def load() -> nn.Module:
+        saved = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        # Detectors (RT-DETR, D-FINE) load with their own auto class and get the detection interface.
+        detector = is_object_detection_config(saved)
+        auto_class = AutoModelForObjectDetection if detector else AutoModelForImageClassification
         if local or pretrained:
             if num_classes is not None:
-                current = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code).num_labels
-                kwargs["ignore_mismatched_sizes"] = current != num_classes
-            return AutoModelForImageClassification.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
-        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
-        return AutoModelForImageClassification.from_config(config, trust_remote_code=trust_remote_code)
+                kwargs["ignore_mismatched_sizes"] = saved.num_labels != num_classes
+            model = auto_class.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
+        else:
+            config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
+            model = auto_class.from_config(config, trust_remote_code=trust_remote_code)
+        return TransformersDetector(model) if detector else model
 
     local = os.path.isdir(name)
     return load() if local else _from_hub(name, name, load)
@@ -192,7 +202,10 @@ def model_architecture(model: nn.Module) -> str:
         if source and not os.path.exists(source) and source.count("/") == 1 and not source.startswith((".", "/", "~")):
             return source
         architectures = getattr(config, "architectures", None) or []
-        return architectures[0] if architectures else type(model).__name__
+        if architectures:
+            return architectures[0]
+        # A TransformersDetector is saved as the model it wraps.
+        return type(model.model if getattr(model, "is_detection_model", False) else model).__name__
     architecture = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
     return architecture or type(model).__name__
 
@@ -278,6 +291,8 @@ def load_checkpoint(model: nn.Module, path: str) -> None:
 
 def resolve_input_config(model: nn.Module) -> dict[str, Any]:
     """Input size, mean, std, interpolation and crop_pct the model expects."""
+    if is_transformers_model(model) and hasattr(model, "default_input_config"):
+        return dict(model.default_input_config)  # a transformers detector: its image processor's defaults
     if is_transformers_model(model):
         config = model.config
         size = getattr(config, "image_size", 224)

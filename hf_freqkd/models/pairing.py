@@ -55,3 +55,13 @@ def pair_layers(
         f"{method}: the student has {len(student_side)} stage layers ({', '.join(student_side)}) and the teacher "
         f"{len(teacher_side)} ({', '.join(teacher_side)}); set student_layers and teacher_layers to pair them explicitly"
     )
+
+
+def check_paired_maps(method: str, pairs: Sequence[tuple[str, str]], student_shapes, teacher_shapes) -> None:
+    """Every paired feature must be a (B, C, H, W) map: a ModelError naming the first one that is not."""
+    from ..errors import ModelError
+
+    for student_layer, teacher_layer in pairs:
+        for role, layer, shape in (("student", student_layer, student_shapes[student_layer]), ("teacher", teacher_layer, teacher_shapes[teacher_layer])):
+            if len(shape) != 4:
+                raise ModelError(f"{method}: the {role} feature '{layer}' has shape {tuple(shape)}, not a (B, C, H, W) map")

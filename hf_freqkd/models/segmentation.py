@@ -29,14 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
+from timm.models import generate_default_cfgs, register_model
 
 from ..errors import ModelError
+from .backbone_networks import create_on_backbone
 
 #: variants registered as ``segfpn_<backbone>``: the CIFAR zoo's ResNets and timm's ImageNet ResNets
 BACKBONE_VARIANTS = ("resnet8", "resnet20", "resnet8x4", "resnet32x4", "resnet18", "resnet34", "resnet50")
 DEFAULT_BACKBONE = "resnet8"
-_WEIGHT_SOURCES = ("file", "url", "hf_hub_id", "state_dict")
 
 
 class FPNSegmenter(nn.Module):
@@ -142,23 +142,7 @@ def is_segmentation_model(model: nn.Module) -> bool:
 
 
 def _create_segfpn(variant: str, pretrained: bool = False, **kwargs: Any) -> FPNSegmenter:
-    import timm
-
-    backbone = kwargs.setdefault("backbone", DEFAULT_BACKBONE)
-    resolved = resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay")).to_dict()
-    own_weights = pretrained and any(resolved.get(key) for key in _WEIGHT_SOURCES)
-    if not own_weights:
-        # Input size and normalisation are the backbone's (its pretrained weights expect them).
-        source = timm.models.get_pretrained_cfg(backbone)
-        if source is None:
-            raise ModelError(f"backbone '{backbone}' is not a timm model name")
-        overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
-        for key in ("input_size", "mean", "std", "interpolation"):
-            overlay.setdefault(key, getattr(source, key))
-        if source.first_conv:
-            overlay.setdefault("first_conv", f"{FPNSegmenter.feature_backbone}.{source.first_conv}")
-        kwargs["pretrained_cfg_overlay"] = overlay
-    return build_model_with_cfg(FPNSegmenter, variant, own_weights, backbone_pretrained=pretrained and not own_weights, **kwargs)
+    return create_on_backbone(FPNSegmenter, variant, pretrained, DEFAULT_BACKBONE, FPNSegmenter.feature_backbone, kwargs)
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:

@@ -1,6 +1,6 @@
-"""Tasks as plug-ins: what differs between image classification and semantic segmentation.
+"""Tasks as plug-ins: what differs between image classification, semantic segmentation and detection.
 
-Everything task-specific lives in one file per task (``classification.py``, ``segmentation.py``),
+Everything task-specific lives in one file per task (``classification.py``, ``segmentation.py``, ``detection.py``),
 asked through the :class:`Task` interface: the data transform and collator, the checks that a
 student / teacher pair, the methods and the training rows fit the task, the evaluation loss, the
 default metrics (local ``evaluate`` modules) and what a model card says. The trainer, the run,
@@ -11,6 +11,6 @@ plus its name in the import line below (see docs/writing-a-task.md).
 """
 
 from .base import Task, TaskData, available_tasks, get_task, register_task, task_for_model
-from . import classification, segmentation  # noqa: F401,E402  (registration side effect)
+from . import classification, detection, segmentation  # noqa: F401,E402  (registration side effect)
 
 __all__ = ["Task", "TaskData", "available_tasks", "get_task", "register_task", "task_for_model"]

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, DataError, MethodOptionsError, ModelError
+from ..types import LogitsAndFeatures
 
 _TASKS: dict[str, "Task"] = {}
 _TASKS_VIEW: Mapping[str, "Task"] = MappingProxyType(_TASKS)
@@ -47,15 +48,29 @@ class Task:
     #: Trainer evaluation keys (without ``eval_``) a model card reports -> (model-index type, readable name);
     #: top-k accuracies are added by the classification task from the metrics present
     card_metrics: ClassVar[dict[str, tuple[str, str]]] = {}
+    #: the value this task's metrics take where they are undefined (COCO's -1 for the AP of a size group
+    #: without objects), or None; a model card publishes no such value
+    undefined_metric_value: ClassVar[float | None] = None
+    #: how a model card names the label term (the ``ce`` method) of a model trained alone
+    label_loss: ClassVar[str] = "cross-entropy"
+    #: Python lines a model card's usage snippet adds after loading the model: what its forward returns
+    card_usage: ClassVar[str] = ""
     #: the rank of the labels of one training row: 0 for a class id, 2 for a (H, W) mask
     label_dims: ClassVar[int]
     #: what the rows must look like, for the message when they do not
     label_hint: ClassVar[str]
     #: a registered network of this task, for messages that suggest one
     example_model: ClassVar[str] = ""
-    #: the transformers auto class an exported student of this task loads with (timm students too, through
-    #: transformers' TimmWrapper), or None when transformers has no auto class for it; model cards show it
+    #: the transformers auto class an exported transformers student of this task loads with, or None when
+    #: transformers has no auto class for it; model cards show it
     transformers_auto_class: ClassVar[str | None] = None
+    #: True if transformers also loads this task's *timm* exports with that auto class (its TimmWrapper
+    #: classes do for image classifiers only)
+    transformers_loads_timm_exports: ClassVar[bool] = False
+    #: what ``hf-freqkd benchmark quality`` reports: (Trainer evaluation key without ``eval_``, short label),
+    #: fractions shown in percent; the first is the headline its "vs ce" column and chart compare. The label
+    #: also names the CSV / JSON column: "top-1" -> ``top1``, "pixel accuracy" -> ``pixel_accuracy``
+    benchmark_metrics: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     # -- models ---------------------------------------------------------------------------------
 
@@ -117,9 +132,13 @@ class Task:
 
     # -- training and evaluation ----------------------------------------------------------------
 
-    def eval_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The student's plain evaluation loss: cross-entropy in float32 (labels of -100 are ignored)."""
-        return nn.functional.cross_entropy(logits.float(), labels)
+    def random_labels(self, batch: int, image_size: int, num_classes: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Labels of a random batch in this task's layout, for timing a training step (benchmark speed)."""
+        return torch.randint(0, num_classes, (batch, *([image_size] * self.label_dims)), generator=generator)
+
+    def eval_loss(self, student: LogitsAndFeatures, labels: torch.Tensor) -> torch.Tensor:
+        """The student's plain evaluation loss: cross-entropy of its logits in float32 (labels of -100 are ignored)."""
+        return nn.functional.cross_entropy(student.logits.float(), labels)
 
     def compute_metrics(self, num_classes: int, args) -> Callable:
         """The Trainer's ``compute_metrics`` for this task (implemented by each task)."""
@@ -131,6 +150,11 @@ class Task:
     def card_metric_names(self, metrics: dict[str, Any]) -> dict[str, tuple[str, str]]:
         """``eval_<key>`` -> (model-index metric type, readable name) for the metrics a card reports."""
         return {f"eval_{key}": names for key, names in self.card_metrics.items()}
+
+    def benchmark_shows(self, key: str, num_classes: int) -> bool:
+        """Whether the benchmark's table and chart show the metric ``key`` (of :attr:`benchmark_metrics`)
+        for models of ``num_classes`` classes; its CSV and JSON always hold it."""
+        return True
 
 
 def register_task(cls: type[Task]) -> type[Task]:

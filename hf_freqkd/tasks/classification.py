@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any, Callable
 
 from torch import nn
@@ -21,6 +22,8 @@ class ClassificationTask(Task):
     label_hint = "use a segmentation network, e.g. segfpn_resnet18 (see hf_freqkd.models.segmentation)"
     example_model = "resnet18"
     transformers_auto_class = "AutoModelForImageClassification"
+    transformers_loads_timm_exports = True
+    benchmark_metrics = (("accuracy", "top-1"), ("top5_accuracy", "top-5"))
 
     def matches(self, model: nn.Module) -> bool:
         # The fallback task: every network that declares no other task is a classifier.
@@ -47,3 +50,8 @@ class ClassificationTask(Task):
                 k = key[len("eval_top") : -len("_accuracy")]
                 names[key] = (f"top_{k}_accuracy", f"Top-{k} accuracy")
         return names
+
+    def benchmark_shows(self, key: str, num_classes: int) -> bool:
+        # Top-k accuracy over k classes or fewer is 100 % whatever the model predicts.
+        top_k = re.fullmatch(r"top(\d+)_accuracy", key)
+        return top_k is None or num_classes > int(top_k.group(1))

@@ -31,6 +31,7 @@ class SegmentationTask(Task):
         "pixel_accuracy": ("pixel_accuracy", "Pixel accuracy"),
         "mean_accuracy": ("mean_accuracy", "Mean class accuracy"),
     }
+    benchmark_metrics = (("mean_iou", "mIoU"), ("pixel_accuracy", "pixel accuracy"))
     label_dims = 2
     label_hint = "set task: segmentation in the config (image + mask columns)"
     example_model = "segfpn_resnet18 (hf_freqkd.models.segmentation)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shlex
 from pathlib import Path
 
@@ -11,8 +12,19 @@ import pytest
 import yaml
 from PIL import Image
 
-from hf_freqkd.benchmark.quality import load_benchmark_config, run_quality_benchmark
+from hf_freqkd.benchmark.quality import (
+    benchmark_config_from_dict,
+    load_benchmark_config,
+    markdown_report,
+    metric_values,
+    reported_metrics,
+    run_quality_benchmark,
+    summarise,
+    write_csv,
+)
 from hf_freqkd.cli import main
+from hf_freqkd.output_dir import RUN_RECORD
+from hf_freqkd.tasks import get_task
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH_DIR = REPO / "configs" / "bench"
@@ -93,6 +105,7 @@ def test_tiny_benchmark_writes_table_csv_and_chart(tmp_path, capsys):
         ({"methods": {"figkd": {"figkd": {"levels": 0}}}}, "levels"),
         ({"teacher": {}}, "set teacher.student_model"),
         ({"student": {"student_model": "resnet8", "seed": 3}}, "student.seed' is set by the benchmark"),
+        ({"teacher": {"student_model": "resnet8", "task": "segmentation"}}, "teacher: task = 'segmentation' but the students' task is 'classification'"),
     ],
 )
 def test_bad_configs_fail_before_training_naming_the_value(tmp_path, changes, message):
@@ -113,12 +126,20 @@ def test_overrides_reach_nested_keys_and_method_labels(tmp_path):
     }
 
 
+# What each task's shipped comparison must run: every classification method; on detectors the student
+# alone, the spatial baseline and the two feature methods the detection papers distil FPNs with.
+SHIPPED_COMPARISONS = {
+    "classification": {"ce", "kd", "dkd", "figkd", "fam", "fam_l2l", "freekd"},
+    "detection": {"ce", "feature_mse", "fam", "freekd"},
+}
+
+
 @pytest.mark.parametrize("path", sorted(set(BENCH_DIR.glob("*.yaml")) - {ABLATION_CONFIG}), ids=lambda p: p.name)
 def test_shipped_method_comparisons_validate_and_list_every_method(path):
     config = load_benchmark_config(path)
     assert len(config.seeds) >= 3
     labels = [m.label for m in config.methods]
-    assert {"ce", "kd", "dkd", "figkd", "fam", "fam_l2l", "freekd"} <= set(labels)
+    assert SHIPPED_COMPARISONS[config.task.name] <= set(labels)
 
 
 def test_figkd_ablation_config_runs_the_published_variants_one_option_each():
@@ -214,3 +235,133 @@ def test_one_seed_shows_no_standard_deviation(one_seed_sweep):
     assert "no standard deviation (n=1)" in markdown
     summary = json.loads((out / "results.json").read_text())["summary"]
     assert all(s["top1_std"] is None and s["top1_n"] == 1 for s in summary)
+
+
+# ----------------------------------------------------------------------------------------------
+# The metrics are the task's: mAP for detection, mIoU for segmentation, top-1 / top-5 for classification.
+
+
+@pytest.mark.parametrize(
+    "task, expected",
+    [
+        ("classification", [("eval_accuracy", "top-1", "top1"), ("eval_top5_accuracy", "top-5", "top5")]),
+        ("segmentation", [("eval_mean_iou", "mIoU", "miou"), ("eval_pixel_accuracy", "pixel accuracy", "pixel_accuracy")]),
+        ("detection", [("eval_map", "mAP", "map"), ("eval_map_50", "AP50", "ap50")]),
+    ],
+)
+def test_each_task_names_the_metrics_and_columns_it_reports(task, expected):
+    metrics = reported_metrics(get_task(task))
+    assert [(f"eval_{m.key}", m.label, m.column) for m in metrics] == expected
+
+
+def test_classification_shows_top5_only_above_five_classes():
+    classification, detection = get_task("classification"), get_task("detection")
+    assert [classification.benchmark_shows("top5_accuracy", n) for n in (2, 5, 6, 100)] == [False, False, True, True]
+    assert classification.benchmark_shows("accuracy", 2)
+    assert detection.benchmark_shows("map_50", 1)  # AP50 means something whatever the number of classes
+
+
+def test_missing_and_undefined_metrics_are_nan():
+    metrics = reported_metrics(get_task("detection"))
+    assert metric_values(metrics, {"eval_map": 0.25, "eval_map_50": 0.5, "eval_map_75": 0.1}) == {"map": 0.25, "ap50": 0.5}
+    values = metric_values(metrics, {"eval_map": -1.0})  # COCO's -1: nothing to score
+    assert list(values) == ["map", "ap50"] and all(math.isnan(v) for v in values.values())
+
+
+def detection_record(map_: float, ap50: float, method_parameters: int, seconds: float) -> dict:
+    return {"map": map_, "ap50": ap50, "student_parameters": 207110, "method_parameters": method_parameters,
+            "teacher_parameters": 207110 if method_parameters else 0, "train_seconds": seconds - 1, "seconds": seconds}
+
+
+def test_detection_table_and_csv_from_synthetic_records(tmp_path):
+    config = benchmark_config_from_dict(
+        {
+            "name": "shapes",
+            "output_dir": str(tmp_path),
+            "seeds": [0, 1],
+            "common": {"task": "detection"},
+            "teacher": {"student_model": "retinanet_resnet20"},
+            "student": {"student_model": "retinanet_resnet8"},
+            "methods": {"ce": {"ce": {}}, "feature_mse": {"ce": {}, "feature_mse": {}}},
+        }
+    )
+    metrics = config.metrics
+    rows = [
+        {"method": "ce", "seed": 0, **detection_record(0.30, 0.50, 0, 3.0)},
+        {"method": "ce", "seed": 1, **detection_record(0.34, 0.54, 0, 3.0)},
+        {"method": "feature_mse", "seed": 0, **detection_record(0.35, 0.60, 4224, 4.0)},
+        {"method": "feature_mse", "seed": 1, **detection_record(0.37, float("nan"), 4224, 4.0)},  # AP50 undefined
+    ]
+    summary = summarise(rows, ["ce", "feature_mse"], metrics)
+    assert summary[1]["map_mean"] == pytest.approx(36.0) and summary[1]["ap50_n"] == 1 and summary[1]["map_values"] == pytest.approx([35, 37])
+    teacher = {"map": 0.45, "ap50": 0.70, "student_parameters": 1_234_567, "seconds": 12.0}
+    table = markdown_report(summary, config, teacher, metrics, 3, {}, 60.0).splitlines()
+    assert table[0] == "### shapes: teacher retinanet_resnet20 -> student retinanet_resnet8, 3 classes, seeds 0, 1"
+    start = table.index("| method | mAP (%) | AP50 (%) | mAP vs ce | student params | method params | wall time per run (s) |")
+    assert table[start + 1 : start + 5] == [
+        "|---|---:|---:|---:|---:|---:|---:|",
+        "| teacher retinanet_resnet20 | 45.00 | 70.00 | | 1.235 M | | 12 |",
+        "| ce | 32.00 +- 2.83 | 52.00 +- 2.83 |  | 0.207 M | 0 | 3 |",
+        "| feature_mse | 36.00 +- 1.41 | 60.00 (n=1) | +4.00 | 0.207 M | 4.2 k | 4 |",
+    ]
+    with open(write_csv(rows, tmp_path / "results.csv", metrics)) as handle:
+        lines = handle.read().splitlines()
+    assert lines[0] == "method,seed,map,ap50,student_parameters,method_parameters,teacher_parameters,train_seconds,seconds"
+    assert lines[4] == "feature_mse,1,0.37,nan,207110,4224,207110,3.0,4.0"
+
+
+DETECTION_RUN = {
+    "task": "detection",
+    "dataset": "shapes_detection",
+    "dataset_config_name": "num_train=16,num_test=8,image_size=32,num_classes=2,seed=0",
+    "image_size": 32,
+    "per_device_train_batch_size": 8,
+    "per_device_eval_batch_size": 8,
+    "max_steps": 1,
+    "optim": "adamw_torch",
+    "learning_rate": 3e-3,
+    "eval_strategy": "no",
+    "save_strategy": "no",
+    "report_to": "none",
+    "use_cpu": True,
+    "disable_tqdm": True,
+}
+
+
+def test_tiny_detection_benchmark_reports_map(tmp_path):
+    config_path = write_config(
+        tmp_path,
+        common=DETECTION_RUN,
+        # 12 steps find a few boxes, so the teacher's mAP and AP50 differ from 0 and from each other.
+        teacher={"student_model": "retinanet_resnet8", "max_steps": 12},
+        student={"student_model": "retinanet_resnet8"},
+        methods={"ce": {"ce": {}}, "feature_mse": {"ce": {}, "feature_mse": {"weight": 1.0}}},
+    )
+    assert main(["benchmark", "quality", "--config", str(config_path)]) == 0
+    out = tmp_path / "bench"
+    with open(out / "results.csv") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+    assert reader.fieldnames[:4] == ["method", "seed", "map", "ap50"]
+    assert [(row["method"], row["seed"]) for row in rows] == [("ce", "0"), ("feature_mse", "0")]
+    assert int(rows[0]["method_parameters"]) == 0 < int(rows[1]["method_parameters"])  # feature_mse's 1x1 adapters
+    report = json.loads((out / "results.json").read_text())
+    assert report["task"] == "detection" and [m["column"] for m in report["metrics"]] == ["map", "ap50"]
+    # Each column is the run's own evaluation metric, a fraction (COCO's -1 would show as nan).
+    runs = {"teacher": (out / "teacher", report["teacher"])}
+    runs.update({row["method"]: (out / "runs" / row["method"] / "seed0", row) for row in rows})
+    for folder, values in runs.values():
+        evaluated = json.loads((folder / RUN_RECORD).read_text())["metrics"]
+        assert (float(values["map"]), float(values["ap50"])) == (evaluated["eval_map"], evaluated["eval_map_50"])
+        assert 0.0 <= float(values["map"]) <= float(values["ap50"]) <= 1.0
+    assert report["teacher"]["ap50"] > 0.0
+    table = (out / "results.md").read_text()
+    assert "| method | mAP (%) | AP50 (%) | mAP vs ce | student params | method params | wall time per run (s) |" in table
+    cells = table_rows(table)
+    assert list(cells) == ["teacher retinanet_resnet8", "ce", "feature_mse"]
+    assert cells["teacher retinanet_resnet8"][:2] == [f"{100 * report['teacher'][c]:.2f}" for c in ("map", "ap50")]
+    for row in rows:
+        assert cells[row["method"]][:2] == [f"{100 * float(row[c]):.2f} (n=1)" for c in ("map", "ap50")]
+    assert "top-1" not in table
+    with Image.open(out / "results.png") as image:
+        image.verify()

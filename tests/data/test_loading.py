@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import functional
 
 from hf_freqkd.data import (
     build_image_transform,
@@ -23,7 +24,8 @@ from hf_freqkd.data import (
     pick_split,
     with_image_transform,
 )
-from hf_freqkd.data.loading import seeded_subset
+from hf_freqkd.data.loading import SeededCropFlip, seeded_subset
+from hf_freqkd.data.seeding import dataset_seeding
 from hf_freqkd.errors import DataError, MissingPathError
 from hf_freqkd.sources import _probe_hub
 
@@ -387,3 +389,96 @@ def test_eval_transform_normalizes(digits, channels):
 def test_unknown_augmentation_is_rejected():
     with pytest.raises(ValueError, match="augmentation 'mixup' is unknown; expected one of crop_flip, crop, timm, none"):
         build_image_transform(fake_input_config(3), training=True, augmentation="mixup")
+
+
+# ----------------------------------------------------------------------------------------------
+# The batched crop / crop_flip transform against the torchvision pipeline it replaces
+
+
+def reference_views(images, input_config, augmentation, seeds) -> torch.Tensor:
+    """build_image_transform's torchvision pipeline, torch's global generator seeded per image (the previous release)."""
+    reference = build_image_transform(input_config, training=True, augmentation=augmentation)
+    views = []
+    for image, seed in zip(images, seeds):
+        torch.manual_seed(seed)
+        views.append(reference(image))
+    return torch.stack(views)
+
+
+@pytest.mark.parametrize("augmentation", ["crop", "crop_flip"])
+@pytest.mark.parametrize("channels, stored_size", [(3, 32), (1, 32), (3, 20)])  # 20 px: resized to 32 first
+def test_batched_crop_flip_equals_torchvision_exactly(augmentation, channels, stored_size):
+    rows = datasets.Dataset.from_dict(
+        {"image": tiny_images(16, size=(stored_size, stored_size)), "label": [0] * 16},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
+    )
+    input_config = fake_input_config(channels)
+    formatted = with_image_transform(rows, "image", "label", input_config, training=True, augmentation=augmentation)
+    seeding = dataset_seeding(formatted)
+    seeding.seed, seeding.epoch = 3, 2
+    got = torch.stack(formatted[:16]["pixel_values"])
+    images = [image.convert("L" if channels == 1 else "RGB") for image in rows["image"]]
+    expected = reference_views(images, input_config, augmentation, [seeding.sample_seed(row) for row in range(16)])
+    assert got.dtype == torch.float32 and got.shape == (16, channels, 32, 32)
+    assert torch.equal(got, expected)
+    # The comparison covered crops at several offsets and, for crop_flip, flipped and unflipped images.
+    draws = [SeededCropFlip(input_config, flip=augmentation == "crop_flip").draw(g) for g in seeding.generators(range(16))]
+    assert len({(top, left) for top, left, _ in draws}) > 4
+    assert {flipped for _, _, flipped in draws} == ({False, True} if augmentation == "crop_flip" else {False})
+
+
+def test_crop_flip_of_given_draws_is_torchvision_pad_crop_flip_to_tensor_normalize():
+    image = tiny_images(1, size=(32, 32))[0]
+    input_config = fake_input_config(3)
+    transform = SeededCropFlip(input_config, flip=True)
+    for top, left, flipped in [(0, 0, False), (8, 8, True), (3, 6, True), (8, 0, False)]:
+        transform.draw = lambda generator, drawn=(top, left, flipped): drawn
+        (got,) = transform([image], [None])
+        expected = functional.crop(functional.pad(image, 4), top, left, 32, 32)
+        expected = functional.hflip(expected) if flipped else expected
+        expected = functional.normalize(functional.to_tensor(expected), input_config["mean"], input_config["std"])
+        assert torch.equal(got, expected), (top, left, flipped)
+
+
+def test_crop_flip_without_row_indices_draws_from_the_global_generator_as_torchvision_does():
+    rows = datasets.Dataset.from_dict({"image": tiny_images(6, size=(32, 32)), "label": [1] * 6})
+    input_config = fake_input_config(3)
+    formatted = with_image_transform(rows, "image", "label", input_config, training=True, augmentation="crop_flip")
+    transform = formatted.format["format_kwargs"]["transform"]
+    torch.manual_seed(11)
+    got = torch.stack(transform({"image": rows["image"], "label": rows["label"]})["pixel_values"])
+    torch.manual_seed(11)
+    reference = build_image_transform(input_config, training=True, augmentation="crop_flip")
+    assert torch.equal(got, torch.stack([reference(image) for image in rows["image"]]))
+
+
+def test_crop_flip_batch_of_mixed_sizes_and_modes():
+    # An image folder: every size and mode in one batch, each resized and converted on its own.
+    rng = np.random.default_rng(1)
+    images = [
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)),
+        Image.fromarray(rng.integers(0, 256, (40, 24, 4), dtype=np.uint8)),  # RGBA
+        Image.fromarray(rng.integers(0, 256, (9, 13), dtype=np.uint8)),  # L
+    ]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    rows = datasets.Dataset.from_dict({"image": images, "label": [0, 1, 2]}, features=features)
+    input_config = fake_input_config(3)
+    formatted = with_image_transform(rows, "image", "label", input_config, training=True, augmentation="crop_flip")
+    seeding = dataset_seeding(formatted)
+    got = torch.stack(formatted[:3]["pixel_values"])
+    seeds = [seeding.sample_seed(row) for row in range(3)]
+    expected = reference_views([image.convert("RGB") for image in rows["image"]], input_config, "crop_flip", seeds)
+    assert torch.equal(got, expected)
+
+
+def test_the_benchmark_reference_keeps_the_torchvision_transform():
+    # SeededCropFlip runs the batch; the per-image torchvision pipeline stays on the transform for reference.
+    rows = datasets.Dataset.from_dict({"image": tiny_images(2, size=(32, 32)), "label": [0, 1]})
+    formatted = with_image_transform(rows, "image", "label", fake_input_config(3), training=True, augmentation="crop_flip")
+    transform = formatted.format["format_kwargs"]["transform"]
+    assert isinstance(transform.batch_transform, SeededCropFlip)
+    assert [type(step).__name__ for step in transform.image_transform.transforms] == [
+        "Resize", "RandomCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"
+    ]
+    timm_rows = with_image_transform(rows, "image", "label", fake_input_config(3), training=True, augmentation="timm")
+    assert timm_rows.format["format_kwargs"]["transform"].batch_transform is None

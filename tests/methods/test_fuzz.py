@@ -36,7 +36,7 @@ STRINGS = (
     "periodization", "smooth", "constant", *STUDENT_STAGES, *TEACHER_STAGES, POOLED, "", "nonsense", "/nonexistent/prompts.safetensors",
 )
 JUNK = st.sampled_from(["x", [1], {"a": 1}, True, None, 3.5])
-FEATURE_METHODS = {"fam", "fam_l2l", "freekd"}
+FEATURE_METHODS = {"fam", "fam_l2l", "feature_mse", "freekd"}
 # The library's refusal of bad options or shapes. ValueError is accepted too while some layers still
 # raise it bare; TypeError, KeyError, a bare FileNotFoundError (not MissingPathError) ... are failures.
 CLEAR_ERRORS = (BadInputError, ValueError)

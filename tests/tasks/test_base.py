@@ -10,8 +10,8 @@ from hf_freqkd.methods import build_methods
 from hf_freqkd.tasks import Task, available_tasks, get_task, register_task, task_for_model
 
 
-def test_registered_tasks_are_classification_and_segmentation():
-    assert set(available_tasks()) == {"classification", "segmentation"}
+def test_registered_tasks_are_classification_segmentation_and_detection():
+    assert set(available_tasks()) == {"classification", "segmentation", "detection"}
 
 
 def test_unknown_task_name_suggests_the_closest():
@@ -22,6 +22,7 @@ def test_unknown_task_name_suggests_the_closest():
 def test_model_decides_the_task():
     assert task_for_model(timm.create_model("resnet8", num_classes=3)).name == "classification"
     assert task_for_model(timm.create_model("segfpn_resnet18", num_classes=3)).name == "segmentation"
+    assert task_for_model(timm.create_model("retinanet_resnet8", num_classes=3)).name == "detection"
 
 
 def test_teacher_of_another_task_is_refused():
@@ -32,7 +33,7 @@ def test_teacher_of_another_task_is_refused():
 
 
 def test_methods_that_do_not_apply_are_named_with_the_ones_that_do():
-    with pytest.raises(MethodOptionsError, match=r"kd do not apply to segmentation.*methods that do: ce, freekd"):
+    with pytest.raises(MethodOptionsError, match=r"kd do not apply to segmentation.*methods that do: ce, feature_mse, freekd"):
         get_task("segmentation").check_methods(build_methods({"ce": {}, "kd": {}}))
     get_task("classification").check_methods(build_methods({"ce": {}, "kd": {}}))
 

@@ -5,15 +5,16 @@ import torch
 from transformers import EvalPrediction
 
 from hf_freqkd.tasks import get_task
+from hf_freqkd.types import LogitsAndFeatures
 
 
 def test_eval_loss_ignores_unlabelled_pixels():
     logits = torch.zeros(1, 2, 2, 2)
     logits[0, 1] = 10.0  # class 1 everywhere, confidently
     labels = torch.tensor([[[1, 1], [-100, -100]]])
-    assert get_task("segmentation").eval_loss(logits, labels) < 1e-3
+    assert get_task("segmentation").eval_loss(LogitsAndFeatures(logits), labels) < 1e-3
     labels_wrong = torch.tensor([[[0, -100], [-100, -100]]])
-    assert get_task("segmentation").eval_loss(logits, labels_wrong) > 9
+    assert get_task("segmentation").eval_loss(LogitsAndFeatures(logits), labels_wrong) > 9
 
 
 def test_predictions_keep_one_class_per_pixel():

@@ -111,14 +111,20 @@ class Task:
         """Columns, class count, transform and label check for ``train_data`` (implemented by each task)."""
         raise NotImplementedError
 
+    @staticmethod
+    def first_training_labels(dataset) -> torch.Tensor | None:
+        """The ``labels`` of the first formatted training row, if there is one to look at."""
+        if dataset is None or not hasattr(dataset, "__getitem__") or len(dataset) == 0:
+            return None
+        labels = dataset[0].get("labels")
+        return None if labels is None else torch.as_tensor(labels)
+
     def check_training_rows(self, dataset) -> None:
         """The first formatted training row must carry labels of this task's layout."""
-        if dataset is None or not hasattr(dataset, "__getitem__") or len(dataset) == 0:
-            return
-        labels = dataset[0].get("labels")
+        labels = self.first_training_labels(dataset)
         if labels is None:
             return
-        dims = torch.as_tensor(labels).dim()
+        dims = labels.dim()
         if dims != self.label_dims:
             layout = "a (H, W) mask" if dims == 2 else ("a class id" if dims == 0 else f"{dims}-D labels")
             raise DataError(f"the student is {self.model_kind} but the training rows hold {layout} as labels: {self.label_hint}")

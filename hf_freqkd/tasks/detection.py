@@ -85,12 +85,9 @@ class DetectionTask(Task):
             )
 
     def check_training_rows(self, dataset) -> None:
-        if dataset is None or not hasattr(dataset, "__getitem__") or len(dataset) == 0:
-            return
-        labels = dataset[0].get("labels")
+        labels = self.first_training_labels(dataset)
         if labels is None:
             return
-        labels = torch.as_tensor(labels)
         if labels.dim() != 2 or labels.shape[-1] != 5:
             raise DataError(
                 f"the student is {self.model_kind} but the first training row holds labels of shape {tuple(labels.shape)}, "

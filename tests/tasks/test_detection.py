@@ -11,6 +11,7 @@ import torch
 import hf_freqkd  # noqa: F401  registers the detectors
 from hf_freqkd.errors import DataError, MethodOptionsError, ModelError
 from hf_freqkd.factory import build_distillation
+from hf_freqkd.models import FrozenTeacher
 from hf_freqkd.tasks import get_task, task_for_model
 from hf_freqkd.types import LogitsAndFeatures
 
@@ -154,3 +155,19 @@ def test_feature_methods_train_a_detector_student_on_the_fpn_levels(method, opti
     for part, parameter in {"body": student.body.conv1.weight, "fpn": student.fpn.pyramid.inner_blocks[0][0].weight}.items():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, part
     assert not any(p.grad is not None for p in teacher.parameters())
+
+
+def test_a_teacher_read_only_for_its_features_stops_after_the_fpn():
+    # Feature methods never read the teacher's detections: the frozen teacher skips head and NMS,
+    # and its FPN levels are exactly those of the full forward.
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 32, 32)
+    teacher = timm.create_model("retinanet_resnet20", num_classes=3)
+    parts = build_distillation(timm.create_model("retinanet_resnet8", num_classes=3), teacher, {"feature_mse": {}}, sample_input=images[:1])
+    assert parts.teacher.predictions is False
+    output = parts.teacher(images)
+    assert output.logits is None and set(output.features) == {"fpn.p1", "fpn.p2", "fpn.p3", "fpn.p4"}
+    full = FrozenTeacher(teacher, list(output.features))(images)
+    assert full.logits is not None and full.logits.shape == (2, 100, 6)
+    for name, level in output.features.items():
+        assert torch.equal(level, full.features[name]), name

@@ -167,14 +167,17 @@ def run_worker(job: dict[str, Any], timeout: float | None = None) -> dict[str, A
 
 
 def _pair_task(pair: PairSpec):
-    """The task the pair's student solves (decides which methods apply)."""
+    """The task the pair's student solves (decides which methods apply); builds the student alone."""
+    import timm
+
+    import hf_freqkd  # noqa: F401  registers the CIFAR zoo and the detectors
+
     from ..tasks import task_for_model
 
-    student, _ = _build(pair, 0)
-    return task_for_model(student)
+    return task_for_model(timm.create_model(pair.student, num_classes=pair.num_classes, **pair.student_kwargs))
 
 
-def normalize_method_classes(spec: dict[str, Any]) -> list[type]:
+def method_classes(spec: dict[str, Any]) -> list[type]:
     from ..methods.registry import get_method_class
 
     return [get_method_class(name) for name in spec]
@@ -244,7 +247,7 @@ def run_speed_benchmark(
             task = _pair_task(pair)
             for method in methods:
                 spec = {name: dict(options) for name, options in METHODS[method].items()}
-                if not all(task.applies(cls) for cls in normalize_method_classes(spec)):
+                if not all(task.applies(cls) for cls in method_classes(spec)):
                     log(f"{pair_name}: {method} skipped (does not apply to {task.name})")
                     continue
                 if "freekd" in spec:

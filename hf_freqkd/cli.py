@@ -4,6 +4,7 @@
     hf-freqkd train-teacher --config X.yaml [k=v ...]   CE training of a teacher
     hf-freqkd distill --config X.yaml [k=v ...]         distil a student from a teacher
     hf-freqkd fit-prompts --config X.yaml [k=v ...]     FreeKD stage 1: fit frequency prompts on the teacher
+    hf-freqkd cache-teacher --config X.yaml [k=v ...]   the teacher's outputs on every training view, for teacher_cache
     hf-freqkd demo [--output-dir D]                     offline digits demo: teacher, KD, scratch
     hf-freqkd benchmark quality --config B.yaml         every method, one teacher, seeds: table, CSV, chart
     hf-freqkd benchmark speed [--pairs ...]             step time and peak memory against the limit
@@ -50,7 +51,7 @@ from .errors import (
 )
 
 #: commands that take ``--config`` plus config overrides
-RUN_COMMANDS = ("train-teacher", "distill", "fit-prompts")
+RUN_COMMANDS = ("train-teacher", "distill", "fit-prompts", "cache-teacher")
 #: the words HfArgumentParser reads as booleans after a ``--flag``
 _BOOLEAN_WORDS = {"true": "true", "t": "true", "yes": "true", "y": "true", "1": "true",
                   "false": "false", "f": "false", "no": "false", "n": "false", "0": "false"}
@@ -104,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(commands.add_parser("train-teacher", help="train a teacher with cross-entropy"))
     _add_run_arguments(commands.add_parser("distill", help="distil a student from a teacher"))
     _add_run_arguments(commands.add_parser("fit-prompts", help="FreeKD stage 1: fit frequency prompts on the frozen teacher"))
+    _add_run_arguments(
+        commands.add_parser("cache-teacher", help="compute the teacher's outputs on every training view a distill config will draw (its teacher_cache)")
+    )
     demo = commands.add_parser("demo", help="offline demo on scikit-learn's digits: teacher, student + KD, student alone")
     demo.add_argument("--output-dir", default="hf_freqkd_demo", help="folder for the demo's runs (default: hf_freqkd_demo)")
     demo.add_argument("--seed", type=int, default=0)
@@ -218,6 +222,12 @@ def _run_command(args: argparse.Namespace) -> None:
         result = run_fit_prompts(args.config, args.overrides)
         if result.path:  # only the main process writes and reports
             print(result.summary())
+    elif args.command == "cache-teacher":
+        from .run import run_cache_teacher
+        from .teacher_cache import format_bytes
+
+        cache = run_cache_teacher(args.config, args.overrides)
+        print(f"teacher cache: {cache.path} ({format_bytes(cache.size_bytes)}, {cache.identity.epochs} epoch(s) x {cache.rows} rows)")
     elif args.command == "demo":
         from .demo import run_demo
 

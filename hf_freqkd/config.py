@@ -55,6 +55,18 @@ class DistillationConfig(TrainingArguments):
             The same warm-up counted in epochs (20 in the CIFAR reference recipes). Exclusive with
             ``distill_warmup_steps``.
 
+    Parameters that control the teacher cache (:mod:`hf_freqkd.teacher_cache`):
+        teacher_cache (`str`, *optional*):
+            Folder of the teacher's outputs for every augmented view the run draws. Built before
+            training when missing (or by ``hf-freqkd cache-teacher``), then read instead of running
+            the teacher; refused, naming what differs, when built for another teacher, dataset,
+            transform, data seed or fewer epochs. Classification runs.
+        teacher_cache_features (`bool`, defaults to `False`):
+            Also store the teacher features the methods read (fam, freekd, ...): larger, but then those
+            methods skip the teacher too.
+        teacher_cache_dtype (`str`, defaults to `"float32"`): ``float32`` or ``float16`` storage.
+        teacher_cache_max_gb (`float`, defaults to 50): refuse to build a larger cache.
+
     Parameters that control the learning-rate schedule:
         lr_decay_epochs (`list[float]`, *optional*):
             Step decay of the learning rate by ``lr_decay_rate`` at these epochs (150, 180, 210 in the
@@ -98,6 +110,14 @@ class DistillationConfig(TrainingArguments):
     )
     distill_warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up of distillation terms, in steps."})
     distill_warmup_epochs: float = field(default=0.0, metadata={"help": "Linear warm-up of distillation terms, in epochs."})
+    teacher_cache: Optional[str] = field(
+        default=None, metadata={"help": "Folder of the teacher's outputs on every training view (built when missing); read instead of running the teacher."}
+    )
+    teacher_cache_features: bool = field(
+        default=False, metadata={"help": "Also cache the teacher features the methods read (needed for fam, freekd, ... to skip the teacher)."}
+    )
+    teacher_cache_dtype: str = field(default="float32", metadata={"help": "Storage of the teacher cache: float32 or float16."})
+    teacher_cache_max_gb: float = field(default=50.0, metadata={"help": "Refuse to build a teacher cache larger than this (GiB)."})
     lr_decay_epochs: Optional[Union[list, str]] = field(
         default=None, metadata={"help": "Epochs at which the learning rate is multiplied by lr_decay_rate."}
     )
@@ -136,6 +156,7 @@ class DistillationConfig(TrainingArguments):
             self.lr_decay_epochs = epochs
         if not 0 < self.lr_decay_rate <= 1:
             raise ConfigError(f"lr_decay_rate = {self.lr_decay_rate} is invalid: expected a number in (0, 1]")
+        self._check_teacher_cache()
         if self.eval_top_k < 1:
             raise ConfigError(f"eval_top_k = {self.eval_top_k} is invalid: expected an integer >= 1")
         if self.nonfinite_loss not in NONFINITE_LOSS_POLICIES:
@@ -148,6 +169,18 @@ class DistillationConfig(TrainingArguments):
         self._bf16_on_cpu_when_no_accelerator()
         self._dataloader_defaults()
         super().__post_init__()
+
+    def _check_teacher_cache(self) -> None:
+        from .teacher_cache import CACHE_DTYPES
+
+        if self.teacher_cache_dtype not in CACHE_DTYPES:
+            raise ConfigError(f"teacher_cache_dtype = {self.teacher_cache_dtype!r} is invalid: expected one of {', '.join(CACHE_DTYPES)}")
+        if not (math.isfinite(self.teacher_cache_max_gb) and self.teacher_cache_max_gb > 0):
+            raise ConfigError(f"teacher_cache_max_gb = {self.teacher_cache_max_gb} is invalid: expected a number > 0")
+        if self.teacher_cache is not None and not (isinstance(self.teacher_cache, str) and self.teacher_cache.strip()):
+            raise ConfigError(f"teacher_cache = {self.teacher_cache!r} is invalid: expected a folder path")
+        if self.teacher_cache and not self.needs_teacher:
+            raise ConfigError(f"teacher_cache = '{self.teacher_cache}' is set but no method uses a teacher ({', '.join(self.methods)}); unset it")
 
     def _dataloader_defaults(self) -> None:
         """Workers, persistent workers and pinned memory for this machine (see the class docstring)."""

@@ -36,6 +36,8 @@ RESUMABLE_KEYS = {
 RESUMABLE_PREFIXES = (
     "logging_", "log_", "eval_", "save_", "hub_", "push_to_hub", "dataloader_", "ddp_", "fsdp", "deepspeed",
     "tpu_", "torch_compile", "torchdynamo", "include_", "batch_eval_metrics", "average_tokens_across_devices",
+    # the cache gives the online teacher's outputs of the same views (to its storage precision)
+    "teacher_cache",
 )
 
 

@@ -40,9 +40,17 @@ class RunResult:
 
 
 def prepare_run(
-    mode: str, config_path: str | None = None, overrides: list[str] | None = None, defaults: dict[str, Any] | None = None
+    mode: str,
+    config_path: str | None = None,
+    overrides: list[str] | None = None,
+    defaults: dict[str, Any] | None = None,
+    check_output: bool = True,
 ) -> tuple[DistillationTrainer, DistillationConfig, ModelArguments, DataArguments]:
-    """Parse and validate everything, load data and models, and build the trainer. Writes nothing."""
+    """Parse and validate everything, load data and models, and build the trainer. Writes nothing.
+
+    ``check_output=False`` skips the check that ``output_dir`` can take the run (for commands that
+    write elsewhere: ``cache-teacher``).
+    """
     if mode not in ("teacher", "distill"):
         raise ConfigError(f"mode '{mode}' is invalid: expected 'teacher' or 'distill'")
     base = {"methods": {"ce": {}}} if mode == "teacher" else {}
@@ -51,7 +59,8 @@ def prepare_run(
         extra = [name for name in args.methods if name != "ce"]
         if extra:
             raise MethodOptionsError(f"train-teacher trains with the ce method alone; remove {', '.join(extra)} from methods")
-    check_output_dir(args.output_dir, args.resume_from_checkpoint, training_settings(args, model_args, data_args))
+    if check_output:
+        check_output_dir(args.output_dir, args.resume_from_checkpoint, training_settings(args, model_args, data_args))
     set_seed_for(args)  # the student (and a teacher built from a name) are created below, before the Trainer
 
     data = load_run_data(args, model_args, data_args)
@@ -142,6 +151,17 @@ def _is_class_label(dataset, column: str) -> bool:
     import datasets
 
     return isinstance(dataset.features[column], datasets.ClassLabel)
+
+
+def run_cache_teacher(config_path: str | None = None, overrides: list[str] | None = None):
+    """Build the teacher cache a distill config names (``teacher_cache``), without training: the
+    same data, transform, seed and epochs the run will draw (:mod:`hf_freqkd.teacher_cache`).
+    Returns the opened :class:`~hf_freqkd.teacher_cache.TeacherCache` (reused when already built)."""
+    args, _, _ = parse_config(config_path, overrides)
+    if not args.teacher_cache:
+        raise ConfigError("cache-teacher writes the folder named by teacher_cache: set teacher_cache in the config, or add teacher_cache=<folder>")
+    trainer, *_ = prepare_run("distill", config_path, overrides, check_output=False)
+    return trainer.build_teacher_cache()
 
 
 def run(mode: str, config_path: str | None = None, overrides: list[str] | None = None, defaults: dict[str, Any] | None = None) -> RunResult:

@@ -93,6 +93,76 @@ def training_steps(student: nn.Module, teacher: nn.Module, methods: dict[str, An
     return limit_step(student, frozen_teacher, images, labels), distillation_step(parts, images, labels, frozen_teacher)
 
 
+def student_alone_step(student: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> Step:
+    """One student training step and nothing else: what training costs without any teacher."""
+    optimizer = sgd(student.parameters())
+    student.train()
+    task = task_for_model(student)
+    student_outputs = FeatureExtractor(student)
+
+    def step() -> None:
+        loss = task.eval_loss(student_outputs(images, labels), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def cached_teacher(parts: DistillationParts, images: torch.Tensor, folder: str):
+    """A :class:`~hf_freqkd.teacher_cache.TeacherCache` of ``parts.teacher`` on ``images`` (one view per row),
+    written by the same builder training uses into ``folder``."""
+    from pathlib import Path
+
+    from .teacher_cache import CacheIdentity, CachePlan, build_teacher_cache
+
+    rows = [{"pixel_values": image} for image in images]
+    plan = CachePlan(
+        path=Path(folder) / "teacher_cache", identity=CacheIdentity("speed", "speed", "speed", None, 1), augmented=False,
+        features=list(parts.teacher.layers), dtype="float32", max_bytes=float(2**40),
+    )
+    collate = lambda batch: {"pixel_values": torch.stack([row["pixel_values"] for row in batch])}  # noqa: E731
+    return build_teacher_cache(plan, parts.teacher, rows, lambda epoch: None, collate, batch_size=len(rows), log=lambda line: None)
+
+
+def cached_distillation_step(parts: DistillationParts, images: torch.Tensor, labels: torch.Tensor, cache) -> Step:
+    """One training step as the trainer takes it with ``teacher_cache``: the batch's rows read from the
+    cache (in shuffled order, as a sampler draws them) instead of a teacher forward."""
+    distiller = parts.distiller.train()
+    optimizer = sgd(distiller.parameters())
+    rows = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+    epochs = torch.zeros_like(rows)
+    images, labels = images[rows], labels[rows]
+
+    def step() -> None:
+        teacher_output = cache.read(epochs, rows)
+        output = distiller(images, labels, teacher_logits=teacher_output.logits, teacher_features=teacher_output.features)
+        optimizer.zero_grad(set_to_none=True)
+        output.loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def time_cached_step(
+    student: nn.Module, teacher: nn.Module, methods: dict[str, Any], batch: int, image_size: int, folder: str,
+    iterations: int = 10, warmup: int = 3,
+) -> dict[str, float]:
+    """Median seconds of the limit, of the student alone and of a step of ``methods`` reading a teacher
+    cache, measured alternately in one run."""
+    images = torch.randn(batch, 3, image_size, image_size)
+    labels = task_for_model(student).random_labels(batch, image_size, int(student.num_classes))
+    parts = build_distillation(student, teacher, methods, sample_input=images[:2])
+    cache = cached_teacher(parts, images, folder)
+    steps = {
+        "limit": limit_step(student, parts.teacher, images, labels),
+        "alone": student_alone_step(student, images, labels),
+        "step": cached_distillation_step(parts, images, labels, cache),
+    }
+    times = time_interleaved(steps, iterations, warmup)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def time_interleaved(steps: dict[str, Step], iterations: int, warmup: int = 3) -> dict[str, list[float]]:
     """Seconds of each of ``iterations`` calls of every step after ``warmup`` untimed rounds; the
     steps take turns, so load from other processes hits all of them alike."""

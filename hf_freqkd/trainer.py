@@ -101,6 +101,9 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, FormattedDatase
         self._term_means = LossTermMeans()
         self._updates_per_epoch: int | None = None
         self._logged_at = (0, 0)  # (global step, skipped steps) at the last training log
+        #: what the run needs from ``args.teacher_cache`` and the cache once open (see hf_freqkd.teacher_cache)
+        self.teacher_cache_plan = self._teacher_cache_plan(parts) if args.teacher_cache else None
+        self.teacher_cache = self.teacher_cache_plan.open() if self.teacher_cache_plan is not None else None
         #: What ``output_dir/hf_freqkd_run.json`` and the model card say about this run; the command
         #: line replaces ``config`` and ``settings`` with the full YAML config (student and data too).
         self.run_record: dict[str, Any] = self._initial_run_record(parts)
@@ -125,6 +128,79 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, FormattedDatase
         # Trainer.__init__ seeds too, but only after all of that exists.
         set_seed_for(args)
         return build_distillation(model, teacher, args.methods, train_dataset=train_dataset, args=args, task=task)
+
+    # ------------------------------------------------------------------------------------------
+    # The teacher cache
+
+    def _teacher_cache_plan(self, parts: DistillationParts):
+        """What this run needs from ``args.teacher_cache``; a ConfigError when the run cannot use a cache."""
+        from .data.loading import ImageClassificationTransform
+        from .teacher_cache import CacheIdentity, CachePlan, dataset_digest, dataset_transform, planned_epochs, transform_description, weights_digest
+
+        path = self.args.teacher_cache
+        transform = dataset_transform(self.train_dataset)
+        if parts.task.name != "classification" or not isinstance(transform, ImageClassificationTransform):
+            raise ConfigError(
+                f"teacher_cache = '{path}' needs a classification run whose training set is formatted by "
+                f"hf_freqkd.data.with_image_transform (task here: {parts.task.name}); unset teacher_cache"
+            )
+        from .data.seeding import ROW_INDEX_COLUMN
+
+        if ROW_INDEX_COLUMN not in (self.train_dataset.column_names or []):
+            # Without row indices a batch cannot say which cached views it holds.
+            raise ConfigError(
+                f"teacher_cache = '{path}' needs a training set formatted with with_image_transform(..., training=True), "
+                "which numbers its rows (this one was formatted for evaluation); format it for training, or unset teacher_cache"
+            )
+        features = list(parts.teacher.layers) if parts.teacher is not None else []
+        if features and not self.args.teacher_cache_features:
+            methods = ", ".join(name for name in parts.distiller.methods if name != "ce")
+            raise ConfigError(
+                f"teacher_cache is set and the methods ({methods}) read the teacher's features {', '.join(features)}, "
+                "which the cache stores only with teacher_cache_features: true; set it (a larger cache), or unset teacher_cache"
+            )
+        seeding = transform.seeding
+        identity = CacheIdentity(
+            teacher=weights_digest(parts.teacher.model),
+            dataset=dataset_digest(self.train_dataset),
+            transform=transform_description(transform),
+            seed=seeding.seed if seeding is not None else None,
+            epochs=planned_epochs(self.args, self._count_updates_per_epoch()) if seeding is not None else 1,
+        )
+        transform.emit_view_ids = True
+        return CachePlan(
+            path=Path(path), identity=identity, augmented=seeding is not None, features=features,
+            dtype=self.args.teacher_cache_dtype, max_bytes=self.args.teacher_cache_max_gb * 2**30,
+        )
+
+    def build_teacher_cache(self):
+        """Build ``args.teacher_cache`` if missing (the main process first; the others then open it)."""
+        from .teacher_cache import VIEW_EPOCH, VIEW_ROW, build_teacher_cache
+
+        if self.teacher_cache_plan is None:
+            raise ConfigError("build_teacher_cache needs teacher_cache set in the run's config")
+        if self.teacher_cache is None:
+            seeding = dataset_seeding(self.train_dataset)
+
+            def set_epoch(epoch: int) -> None:
+                if seeding is not None:
+                    seeding.epoch = epoch
+
+            def collate(rows):
+                batch = self.data_collator(rows)
+                return {key: value for key, value in batch.items() if key not in (VIEW_ROW, VIEW_EPOCH, "labels")}
+
+            with self.accelerator.main_process_first():
+                epoch = seeding.epoch if seeding is not None else 0
+                try:
+                    self.teacher_cache = build_teacher_cache(
+                        self.teacher_cache_plan, self.teacher, self.train_dataset, set_epoch, collate,
+                        batch_size=max(self.args.per_device_eval_batch_size, self.args.per_device_train_batch_size),
+                        num_workers=self.args.dataloader_num_workers, log=print if self.is_world_process_zero() else logger.debug,
+                    )
+                finally:
+                    set_epoch(epoch)
+        return self.teacher_cache
 
     # ------------------------------------------------------------------------------------------
     # Training
@@ -164,7 +240,12 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, FormattedDatase
         labels = inputs.get("labels")
         if model.training and labels is not None:
             teacher_logits = teacher_features = None
-            if self.teacher is not None:
+            if self.teacher_cache is not None:
+                from .teacher_cache import VIEW_EPOCH, VIEW_ROW
+
+                cached = self.teacher_cache.read(inputs[VIEW_EPOCH], inputs[VIEW_ROW], device=pixel_values.device)
+                teacher_logits, teacher_features = cached.logits, cached.features
+            elif self.teacher is not None:
                 with torch.no_grad():
                     teacher_output = self.teacher(pixel_values)
                 teacher_logits, teacher_features = teacher_output.logits, teacher_output.features
@@ -255,6 +336,8 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, FormattedDatase
         resume = resolve_resume(resume_from_checkpoint)
         check_output_dir(self.args.output_dir, resume, self.run_record["settings"])
         self.accelerator.wait_for_everyone()  # every process has checked before the record is written
+        if self.teacher_cache_plan is not None:
+            self.build_teacher_cache()
         self._write_run_record(status="training")
         start = time.perf_counter()
         try:

@@ -36,6 +36,10 @@ def add_benchmark_parser(commands) -> argparse.ArgumentParser:
     speed.add_argument("--threads", type=int, default=2, help="torch threads of each measuring process")
     speed.add_argument("--image-size", type=int, help="override every pair's input size (default 32)")
     speed.add_argument("--num-classes", type=int, help="override every pair's class count (default 100)")
+    speed.add_argument(
+        "--teacher-cache", action="store_true",
+        help="also time every teacher method reading a teacher cache instead of running the teacher (rows '<method> (cached teacher)')",
+    )
     data = kinds.add_parser(
         "data", help="images per second of the training data pipeline, and its time per image against plain datasets + torchvision"
     )
@@ -80,7 +84,7 @@ def run_benchmark_command(args: argparse.Namespace) -> None:
             run_speed_benchmark(
                 args.output_dir, pairs=args.pairs, methods=args.methods, batch=args.batch_size, iterations=args.iterations,
                 warmup=args.warmup, memory_steps=args.memory_steps, threads=args.threads, image_size=args.image_size,
-                num_classes=args.num_classes,
+                num_classes=args.num_classes, teacher_cache=args.teacher_cache,
             )
         except RuntimeError as error:
             raise ValueError(str(error)) from None

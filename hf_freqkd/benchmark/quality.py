@@ -20,6 +20,13 @@ A benchmark config (``configs/bench/*.yaml``) holds::
 prompts gets its stage 1 (``fit-prompts``) run once, on the teacher, before its first seed; the
 benchmark sets ``methods.freekd.prompts_path``.
 
+``teacher_cache:`` (``none`` by default) lets runs read the teacher's outputs instead of running it
+(:mod:`hf_freqkd.teacher_cache`): with ``logits``, every run whose methods read only the teacher's
+logits (kd, dkd, figkd) reads one cache per seed (``output_dir/teacher_cache/seed<s>/logits``),
+shared across those methods; with ``all``, runs of methods that read teacher features (fam, freekd, ...)
+also read a cache of their label's features (``.../seed<s>/<label>``). Each cache is built once, before
+the first run that reads it, and its build time is reported apart from the runs'.
+
 A label is free text, so a sweep of one method's options is a list of labels, one row each in the
 table, CSV and chart (``configs/bench/figkd_ablation_digits.yaml``)::
 
@@ -70,7 +77,11 @@ from ..config import apply_overrides, parse_config, read_yaml_config
 from ..errors import ConfigError, MethodOptionsError, MissingPathError
 from ..tasks import Task, get_task
 
-BENCH_KEYS = ("name", "description", "output_dir", "seeds", "common", "teacher", "student", "methods")
+BENCH_KEYS = ("name", "description", "output_dir", "seeds", "common", "teacher", "student", "methods", "teacher_cache")
+#: ``teacher_cache:`` of a benchmark: which runs read cached teacher outputs (see the module docstring)
+TEACHER_CACHE_MODES = ("none", "logits", "all")
+#: run config keys the benchmark sets itself when it caches the teacher
+_CACHE_KEYS = ("teacher_cache", "teacher_cache_features")
 #: methods drawn in colour in the chart (the frequency-domain ones); the rest are baselines
 FREQUENCY_METHODS = ("figkd", "fam", "fam_l2l", "freekd")
 RESULT_FILE = "bench_result.json"
@@ -118,6 +129,22 @@ class MethodRun:
     def method_names(self) -> list[str]:
         return list(self.overrides["methods"])
 
+    def _method_classes(self) -> list:
+        from ..methods.registry import get_method_class
+
+        return [get_method_class(name) for name in self.method_names]
+
+    @property
+    def uses_teacher(self) -> bool:
+        return any(cls.uses_teacher for cls in self._method_classes())
+
+    @property
+    def reads_teacher_features(self) -> bool:
+        """True when a method of this label reads teacher features (it has its own ``feature_request``), not only logits."""
+        from ..methods.base import DistillationMethod
+
+        return any(cls.uses_teacher and cls.feature_request is not DistillationMethod.feature_request for cls in self._method_classes())
+
     @property
     def needs_prompts(self) -> bool:
         freekd = self.overrides["methods"].get("freekd")
@@ -135,6 +162,8 @@ class BenchmarkConfig:
     methods: list[MethodRun]
     description: str = ""
     source: str | None = None
+    #: which runs read a teacher cache: none, logits or all (TEACHER_CACHE_MODES)
+    teacher_cache: str = "none"
     #: ``hf-freqkd benchmark quality`` arguments that produced this config, for results.md
     command: list[str] = field(default_factory=list)
     #: overridden key -> (the config file's value, the value run), only keys whose value changed
@@ -180,11 +209,26 @@ class BenchmarkConfig:
             values["teacher_model"] = str(self.teacher_dir())
         if method.needs_prompts:
             values["methods"]["freekd"] = {**(values["methods"]["freekd"] or {}), "prompts_path": str(self.prompts_path(method))}
+        cache = self.teacher_cache_folder(method, seed)
+        if cache is not None:
+            values["teacher_cache"] = str(cache)
+            if method.reads_teacher_features:
+                values["teacher_cache_features"] = True
         return values
+
+    def teacher_cache_folder(self, method: MethodRun, seed: int) -> Path | None:
+        """The cache a run of ``method`` at ``seed`` reads, or None when it runs the teacher online."""
+        if self.teacher_cache == "none" or not method.uses_teacher:
+            return None
+        if not method.reads_teacher_features:
+            return self.output_dir / "teacher_cache" / f"seed{seed}" / "logits"
+        return self.output_dir / "teacher_cache" / f"seed{seed}" / method.folder if self.teacher_cache == "all" else None
 
     def prompts_run_config(self, method: MethodRun) -> dict[str, Any]:
         values = self.student_run_config(method, self.seeds[0])
         values["output_dir"] = str(self.output_dir / "runs" / method.folder / "prompts")
+        for key in _CACHE_KEYS:  # stage 1 runs the teacher with prompts: no cache applies
+            values.pop(key, None)
         return values
 
 
@@ -264,7 +308,7 @@ def benchmark_config_from_dict(values: dict[str, Any], source: str | None = None
         section = values.get(key) or {}
         if not isinstance(section, dict):
             raise ConfigError(f"{where}: '{key}' = {section!r} is invalid: expected a mapping of run config keys")
-        for reserved in ("output_dir", "seed", "methods", "teacher_model"):
+        for reserved in ("output_dir", "seed", "methods", "teacher_model", *_CACHE_KEYS):
             if reserved in section:
                 raise ConfigError(f"{where}: '{key}.{reserved}' is set by the benchmark; remove it (see hf_freqkd/benchmark/quality.py)")
         sections[key] = dict(section)
@@ -275,6 +319,9 @@ def benchmark_config_from_dict(values: dict[str, Any], source: str | None = None
         )
     if "model" not in sections["teacher"] and "student_model" not in sections["teacher"]:
         raise ConfigError(f"{where}: set teacher.student_model (the architecture to train as teacher) or teacher.model (an exported teacher folder)")
+    teacher_cache = values.get("teacher_cache", "none")
+    if teacher_cache not in TEACHER_CACHE_MODES:
+        raise ConfigError(f"{where}: teacher_cache = {teacher_cache!r} is invalid: expected one of {', '.join(TEACHER_CACHE_MODES)}")
     if not isinstance(values["methods"], dict):
         raise ConfigError(f"{where}: methods = {values['methods']!r} is invalid: expected a mapping of label -> methods")
     methods, folders = [], {}
@@ -294,6 +341,7 @@ def benchmark_config_from_dict(values: dict[str, Any], source: str | None = None
         student=sections["student"],
         methods=methods,
         source=source,
+        teacher_cache=teacher_cache,
     )
 
 
@@ -311,7 +359,7 @@ def _method_run(label: str, entry: Any, where: str) -> MethodRun:
         raise MethodOptionsError(f"{where}: methods.{label}: {error}") from None
     if not overrides["methods"]:
         raise ConfigError(f"{where}: methods.{label} lists no method")
-    for reserved in ("output_dir", "seed", "teacher_model"):
+    for reserved in ("output_dir", "seed", "teacher_model", *_CACHE_KEYS):
         if reserved in overrides:
             raise ConfigError(f"{where}: methods.{label}.{reserved} is set by the benchmark; remove it")
     folder = re.sub(r"[^A-Za-z0-9_.+-]+", "_", label).strip("_") or "method"
@@ -351,6 +399,8 @@ class BenchmarkResult:
     rows: list[dict[str, Any]]
     teacher: dict[str, Any]
     prompt_seconds: dict[str, float] = field(default_factory=dict)
+    #: cache folder -> seconds its build took (caches built by this invocation only)
+    cache_seconds: dict[str, float] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
 
 
@@ -423,6 +473,18 @@ def _fit_prompts(config: BenchmarkConfig, method: MethodRun, log) -> float:
     return seconds
 
 
+def _build_teacher_cache(values: dict[str, Any], log) -> float:
+    """Build the teacher cache a run reads (its config's ``teacher_cache``) before the run; seconds it took."""
+    from ..run import run_cache_teacher
+
+    config_path = _write_yaml(Path(values["output_dir"]) / "config.yaml", values)
+    start = time.perf_counter()
+    cache = run_cache_teacher(str(config_path))
+    seconds = time.perf_counter() - start
+    log(f"  teacher cache {cache.path}: {cache.identity.epochs} epoch(s) x {cache.rows} rows ({seconds:.0f} s)")
+    return seconds
+
+
 def run_quality_benchmark(config: BenchmarkConfig, log=print) -> BenchmarkResult:
     """Train (or load) the teacher, run every method for every seed, write the table, CSV and chart."""
     config.output_dir.mkdir(parents=True, exist_ok=True)
@@ -439,17 +501,21 @@ def run_quality_benchmark(config: BenchmarkConfig, log=print) -> BenchmarkResult
         log(f"teacher: {headline.label} {100 * teacher[headline.column]:.2f} % ({teacher['seconds']:.0f} s)")
     num_classes = _num_classes(config.teacher_dir())
 
-    rows, prompt_seconds = [], {}
+    rows, prompt_seconds, cache_seconds = [], {}, {}
     for method in config.methods:
         if method.needs_prompts:
             log(f"{method.label}: fitting FreeKD prompts on the teacher (stage 1)")
             prompt_seconds[method.label] = _fit_prompts(config, method, log)
         for seed in config.seeds:
-            record = _run_training("distill", config.student_run_config(method, seed), metrics, log)
+            values = config.student_run_config(method, seed)
+            cache = values.get("teacher_cache")
+            if cache is not None and cache not in cache_seconds and _cached(Path(values["output_dir"]), values) is None:
+                cache_seconds[cache] = _build_teacher_cache(values, log)
+            record = _run_training("distill", values, metrics, log)
             rows.append({"method": method.label, "seed": seed, **{k: v for k, v in record.items() if k != "config"}})
             log(f"{method.label} seed {seed}: {headline.label} {100 * record[headline.column]:.2f} % ({record['seconds']:.0f} s)")
 
-    result = BenchmarkResult(config=config, rows=rows, teacher=teacher, prompt_seconds=prompt_seconds)
+    result = BenchmarkResult(config=config, rows=rows, teacher=teacher, prompt_seconds=prompt_seconds, cache_seconds=cache_seconds)
     summary = summarise(rows, [m.label for m in config.methods], metrics)
     # The table and chart leave out what the task says is meaningless here (top-5 of 5 classes);
     # the CSV and JSON keep every metric.
@@ -460,7 +526,7 @@ def run_quality_benchmark(config: BenchmarkConfig, log=print) -> BenchmarkResult
         "png": plot_results(summary, config, teacher, shown, config.output_dir / "results.png"),
         "json": config.output_dir / "results.json",
     }
-    table = markdown_report(summary, config, teacher, shown, num_classes, prompt_seconds, time.perf_counter() - started)
+    table = markdown_report(summary, config, teacher, shown, num_classes, prompt_seconds, time.perf_counter() - started, cache_seconds)
     files["markdown"].write_text(table + "\n")
     report = {
         "name": config.name,
@@ -561,6 +627,7 @@ def markdown_report(
     num_classes: int,
     prompt_seconds: dict[str, float],
     total_seconds: float,
+    cache_seconds: dict[str, float] | None = None,
 ) -> str:
     """The results table: a column per metric in ``metrics`` (the headline first), then the headline's
     difference to the student alone, parameter counts and wall time."""
@@ -613,6 +680,13 @@ def markdown_report(
     ]
     for label, seconds in prompt_seconds.items():
         lines.append(f"{label}: FreeKD stage 1 (prompt fitting, once for all seeds) took {seconds:.0f} s more.")
+    if cache_seconds:
+        lines.append(
+            f"Teacher cache ({config.teacher_cache}): {len(cache_seconds)} cache(s) built by this run in {sum(cache_seconds.values()):.0f} s, "
+            "not counted in the runs' wall time; the runs that read one did not run the teacher."
+        )
+    elif config.teacher_cache != "none":
+        lines.append(f"Teacher cache ({config.teacher_cache}): every cache was built by an earlier invocation; the runs that read one did not run the teacher.")
     if config.command:
         lines.append(f"Command: `{shlex.join(config.command)}`")
     elif config.source:

@@ -12,6 +12,12 @@ the limit and the method's step (the ``Distiller``, method modules and frozen te
 :func:`hf_freqkd.factory.build_distillation` builds for the trainer, SGD with momentum) alternate,
 so load from other processes hits both alike; the ratio of the medians is reported.
 
+With ``--teacher-cache`` every method that uses a teacher gets a second row, ``<method> (cached
+teacher)``: its step reads the teacher's outputs from a :class:`~hf_freqkd.teacher_cache.TeacherCache`
+written for the batch (in shuffled row order, as a sampler draws them) instead of running the teacher, as
+training with ``teacher_cache`` does. Those rows also give the step as a multiple of the student alone
+(one student training step, no teacher; the three steps timed interleaved); their memory is not measured.
+
 Peak memory. Each measurement runs in a fresh Python process, so no earlier allocation is reused or
 counted: the process builds the models and the batch, records its resident set size (RSS), resets
 the kernel's peak-RSS counter (writing ``5`` to ``/proc/self/clear_refs``, Linux >= 4.0), runs a
@@ -128,6 +134,15 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     pair = PairSpec(**job["pair"])
     methods = job["methods"]
     student, teacher = _build(pair, 0)
+    if job.get("cached"):
+        from ..speed import time_cached_step
+
+        with tempfile.TemporaryDirectory() as folder:
+            medians = time_cached_step(
+                student, teacher, methods, job["batch"], pair.image_size, folder, iterations=job["iterations"], warmup=job["warmup"]
+            )
+        return {"limit_ms": 1e3 * medians["limit"], "step_ms": 1e3 * medians["step"], "alone_ms": 1e3 * medians["alone"],
+                "peak_mib": float("nan"), "memory_source": "not measured"}
     limit, method_step = training_steps(student, teacher, methods or {"ce": {}}, job["batch"], pair.image_size)
     step = limit if methods is None else method_step
     before = _rss_kib("VmRSS")
@@ -214,6 +229,7 @@ def run_speed_benchmark(
     threads: int = 2,
     image_size: int | None = None,
     num_classes: int | None = None,
+    teacher_cache: bool = False,
     log=print,
 ) -> list[dict[str, Any]]:
     """Measure every (pair, method); write ``speed.md``, ``speed.csv``, ``speed.png``, ``speed.json``."""
@@ -243,7 +259,8 @@ def run_speed_benchmark(
             if "error" in limit:
                 raise RuntimeError(f"speed benchmark: the limit step of {pair_name} failed: {limit['error']}")
             rows.append({"pair": pair_name, "method": LIMIT, "limit_ms": float("nan"), "step_ms": float("nan"), "time_ratio": 1.0,
-                         "peak_mib": limit["peak_mib"], "memory_ratio": 1.0, "memory_source": limit["memory_source"], "error": ""})
+                         "peak_mib": limit["peak_mib"], "memory_ratio": 1.0, "memory_source": limit["memory_source"],
+                         "alone_ratio": float("nan"), "error": ""})
             task = _pair_task(pair)
             for method in methods:
                 spec = {name: dict(options) for name, options in METHODS[method].items()}
@@ -258,25 +275,28 @@ def run_speed_benchmark(
                     except (ValueError, RuntimeError) as error:
                         rows.append(_failed(pair_name, method, str(error)))
                         continue
-                log(f"{pair_name}: {method}")
-                result = run_worker({**common, "methods": spec})
-                if "error" in result:
-                    log(f"  failed: {result['error']}")
-                    rows.append(_failed(pair_name, method, result["error"]))
-                    continue
-                rows.append(
-                    {
-                        "pair": pair_name,
-                        "method": method,
-                        "limit_ms": result["limit_ms"],
-                        "step_ms": result["step_ms"],
-                        "time_ratio": result["step_ms"] / result["limit_ms"],
-                        "peak_mib": result["peak_mib"],
-                        "memory_ratio": result["peak_mib"] / limit["peak_mib"] if limit["peak_mib"] > 0 else float("nan"),
-                        "memory_source": result["memory_source"],
-                        "error": "",
-                    }
-                )
+                cached_too = teacher_cache and any(cls.uses_teacher for cls in method_classes(spec))
+                for label, cached in [(method, False)] + ([(f"{method} (cached teacher)", True)] if cached_too else []):
+                    log(f"{pair_name}: {label}")
+                    result = run_worker({**common, "methods": spec, "cached": cached})
+                    if "error" in result:
+                        log(f"  failed: {result['error']}")
+                        rows.append(_failed(pair_name, label, result["error"]))
+                        continue
+                    rows.append(
+                        {
+                            "pair": pair_name,
+                            "method": label,
+                            "limit_ms": result["limit_ms"],
+                            "step_ms": result["step_ms"],
+                            "time_ratio": result["step_ms"] / result["limit_ms"],
+                            "peak_mib": result["peak_mib"],
+                            "memory_ratio": result["peak_mib"] / limit["peak_mib"] if limit["peak_mib"] > 0 else float("nan"),
+                            "memory_source": result["memory_source"],
+                            "alone_ratio": result["step_ms"] / result["alone_ms"] if "alone_ms" in result else float("nan"),
+                            "error": "",
+                        }
+                    )
     settings = {"batch": batch, "iterations": iterations, "warmup": warmup, "memory_steps": memory_steps, "threads": threads,
                 "pairs": {name: asdict(spec) for name, spec in chosen}, "total_seconds": time.perf_counter() - started,
                 "load_average": os.getloadavg()[0]}
@@ -292,7 +312,7 @@ def run_speed_benchmark(
 def _failed(pair: str, method: str, error: str) -> dict[str, Any]:
     nan = float("nan")
     return {"pair": pair, "method": method, "limit_ms": nan, "step_ms": nan, "time_ratio": nan, "peak_mib": nan,
-            "memory_ratio": nan, "memory_source": "", "error": error}
+            "memory_ratio": nan, "memory_source": "", "alone_ratio": nan, "error": error}
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
@@ -308,17 +328,20 @@ def _cell(value: float, pattern: str) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
+    cached = any(not math.isnan(row.get("alone_ratio", float("nan"))) for row in rows)
     lines = [
-        "| pair | method | limit (ms) | step (ms) | time x limit | peak memory over weights (MiB) | memory x limit |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| pair | method | limit (ms) | step (ms) | time x limit | peak memory over weights (MiB) | memory x limit |"
+        + (" time x student alone |" if cached else ""),
+        "|---|---|---:|---:|---:|---:|---:|" + ("---:|" if cached else ""),
     ]
     for row in rows:
         if row["error"]:
-            lines.append(f"| {row['pair']} | {row['method']} | | | failed: {row['error'][:80]} | | |")
+            lines.append(f"| {row['pair']} | {row['method']} | | | failed: {row['error'][:80]} | | |" + (" |" if cached else ""))
             continue
         lines.append(
             f"| {row['pair']} | {row['method']} | {_cell(row['limit_ms'], '{:.0f}')} | {_cell(row['step_ms'], '{:.0f}')} | "
-            f"{row['time_ratio']:.2f} | {row['peak_mib']:.0f} | {_cell(row['memory_ratio'], '{:.2f}')} |"
+            f"{row['time_ratio']:.2f} | {_cell(row['peak_mib'], '{:.0f}')} | {_cell(row['memory_ratio'], '{:.2f}')} |"
+            + (f" {_cell(row.get('alone_ratio', float('nan')), '{:.2f}')} |" if cached else "")
         )
     lines += [
         "",

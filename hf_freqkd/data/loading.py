@@ -35,6 +35,7 @@ from ..sources import (
 )
 from .digits import DIGITS_NAME, load_digits_dataset
 from .fine_grained import FINE_GRAINED_NAME, load_fine_grained_dataset, parse_fine_grained_config
+from ..teacher_cache import VIEW_EPOCH, VIEW_ROW
 from .seeding import ROW_INDEX_COLUMN, SeededAugmentation, with_row_index
 from .shapes_detection import SHAPES_DETECTION_NAME, load_shapes_detection, parse_shapes_detection_config
 from .shapes_segmentation import SHAPES_SEGMENTATION_NAME, load_shapes_segmentation, parse_shapes_config
@@ -343,6 +344,9 @@ class ImageClassificationTransform:
         #: per-sample random state for training augmentation (see hf_freqkd.data.seeding)
         self.seeding = seeding
         self.batch_transform = batch_transform
+        #: set by a trainer reading a teacher cache (hf_freqkd.teacher_cache): each row also carries
+        #: which view it is, (epoch, row), so the cached teacher outputs of that very view are read
+        self.emit_view_ids = False
 
     def decode(self, image):
         return decode_image(image, self.image_feature)
@@ -364,7 +368,11 @@ class ImageClassificationTransform:
                     pixel_values.append(self.image_transform(image))
         else:
             pixel_values = [self.image_transform(image) for image in images]
-        return {"pixel_values": pixel_values, "labels": batch[self.label_column]}
+        output = {"pixel_values": pixel_values, "labels": batch[self.label_column]}
+        if self.emit_view_ids:
+            epoch = self.seeding.epoch if self.seeding is not None else 0
+            output.update({VIEW_ROW: list(rows), VIEW_EPOCH: [epoch] * len(images)})
+        return output
 
 
 def with_image_transform(dataset, image_column: str, label_column: str, input_config: dict[str, Any], training: bool, augmentation: str):
@@ -378,9 +386,11 @@ def with_image_transform(dataset, image_column: str, label_column: str, input_co
 
     transform = build_image_transform(input_config, training, augmentation)
     seeding = batch_transform = None
+    if training:
+        # Row indices seed the augmentation and name the views a teacher cache holds.
+        dataset = with_row_index(dataset)
     if training and augmentation != "none":
         seeding = SeededAugmentation()  # DistillationTrainer sets its seed and epoch
-        dataset = with_row_index(dataset)
     if training and augmentation in ("crop", "crop_flip"):
         batch_transform = SeededCropFlip(input_config, flip=augmentation == "crop_flip")
     feature = dataset.features.get(image_column)

@@ -365,3 +365,50 @@ def test_tiny_detection_benchmark_reports_map(tmp_path):
     assert "top-1" not in table
     with Image.open(out / "results.png") as image:
         image.verify()
+
+
+# ----------------------------------------------------------------------------------------------
+# teacher_cache: one cache per seed for the logit methods, a cache per label for feature methods
+
+
+def test_teacher_cache_logits_gives_the_online_results_from_one_cache_per_seed(tmp_path):
+    methods = {"ce": {"ce": {}}, "kd": {"ce": {"weight": 0.1}, "kd": {"weight": 0.9}}, "dkd": {"dkd": {}}, "fam": {"fam": {}}}
+    online = run_quality_benchmark(load_benchmark_config(write_config(tmp_path, seeds=[0, 1], methods=methods), output_dir=str(tmp_path / "online")))
+    config = load_benchmark_config(write_config(tmp_path, seeds=[0, 1], methods=methods, teacher_cache="logits"), output_dir=str(tmp_path / "cached"))
+    by_label = {method.label: method for method in config.methods}
+    for seed in (0, 1):
+        assert config.student_run_config(by_label["kd"], seed)["teacher_cache"] == str(tmp_path / "cached" / "teacher_cache" / f"seed{seed}" / "logits")
+        assert config.student_run_config(by_label["dkd"], seed)["teacher_cache"] == config.student_run_config(by_label["kd"], seed)["teacher_cache"]
+        assert "teacher_cache" not in config.student_run_config(by_label["ce"], seed)  # no teacher
+        assert "teacher_cache" not in config.student_run_config(by_label["fam"], seed)  # reads features: online unless "all"
+    cached = run_quality_benchmark(config)
+    assert sorted(cached.cache_seconds) == [str(tmp_path / "cached" / "teacher_cache" / f"seed{s}" / "logits") for s in (0, 1)]
+    for row_online, row_cached in zip(online.rows, cached.rows):
+        assert (row_online["method"], row_online["seed"]) == (row_cached["method"], row_cached["seed"])
+        assert row_cached["top1"] == pytest.approx(row_online["top1"], abs=1e-9)
+    assert "Teacher cache (logits): 2 cache(s) built" in (tmp_path / "cached" / "results.md").read_text()
+
+
+def test_teacher_cache_all_gives_feature_methods_a_cache_of_their_label():
+    values = {
+        "output_dir": "b", "seeds": [3], "common": TINY_RUN, "teacher": {"student_model": "resnet8"}, "student": {"student_model": "resnet8"},
+        "methods": {"kd": {"kd": {}}, "fam v2": {"fam": {}}}, "teacher_cache": "all",
+    }
+    config = benchmark_config_from_dict(values)
+    kd, fam = config.methods
+    assert config.student_run_config(fam, 3)["teacher_cache"] == str(Path("b") / "teacher_cache" / "seed3" / "fam_v2")
+    assert config.student_run_config(fam, 3)["teacher_cache_features"] is True
+    assert "teacher_cache_features" not in config.student_run_config(kd, 3)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"teacher_cache": "yes"}, "teacher_cache = 'yes' is invalid: expected one of none, logits, all"),
+        ({"common": {**TINY_RUN, "teacher_cache": "c"}}, "common.teacher_cache' is set by the benchmark"),
+        ({"methods": {"kd": {"methods": {"kd": {}}, "teacher_cache_features": True}}}, "methods.kd.teacher_cache_features is set by the benchmark"),
+    ],
+)
+def test_teacher_cache_settings_are_the_benchmarks(tmp_path, changes, message):
+    with pytest.raises(ValueError, match=message):
+        load_benchmark_config(write_config(tmp_path, **changes))

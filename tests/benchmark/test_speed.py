@@ -48,3 +48,19 @@ def test_unknown_methods_and_pairs_fail_early(tmp_path):
         run_speed_benchmark(tmp_path, methods=["figkdd"])
     with pytest.raises(ValueError, match="pair 'resnet8' is invalid"):
         parse_pair("resnet8")
+
+
+def test_teacher_cache_rows_time_the_step_reading_a_cache(tmp_path):
+    code = main([
+        "benchmark", "speed", "--output-dir", str(tmp_path), "--pairs", "resnet8:resnet8", "--methods", "ce", "kd",
+        "--batch-size", "4", "--iterations", "1", "--warmup", "1", "--memory-steps", "1", "--threads", "1",
+        "--image-size", "16", "--num-classes", "10", "--teacher-cache",
+    ])
+    assert code == 0
+    with open(tmp_path / "speed.csv") as handle:
+        rows = {row["method"]: row for row in csv.DictReader(handle)}
+    assert list(rows) == ["limit", "ce", "kd", "kd (cached teacher)"]  # ce uses no teacher: no cached row
+    cached = rows["kd (cached teacher)"]
+    assert not cached["error"] and float(cached["alone_ratio"]) > 0 and math.isfinite(float(cached["time_ratio"]))
+    assert math.isnan(float(rows["kd"]["alone_ratio"]))
+    assert "time x student alone" in (tmp_path / "speed.md").read_text()

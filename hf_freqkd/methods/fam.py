@@ -217,7 +217,8 @@ class ReviewStage(nn.Module):
         if self.fuse is not None:
             if self.project_residual is not None:
                 residual = self.project_residual(residual)
-            x = self.fuse(x, resize(residual, tuple(x.shape[-2:])))
+            # The attention resizes the residual to x's size (after its query convolution: cheaper).
+            x = self.fuse(x, residual)
         if self.teacher_size is not None:
             x = resize(x, self.teacher_size)
         return (self.fam(x) if self.fam is not None else None), x

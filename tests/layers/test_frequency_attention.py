@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from hf_freqkd.layers import frequency_attention
 from hf_freqkd.layers.frequency_attention import FrequencyAttention, LocalSelfAttention, high_pass_mask
@@ -78,13 +79,9 @@ def test_high_pass_step_acts_on_the_module_output(reference):
     torch.testing.assert_close(ratio.imag, torch.zeros_like(ratio.imag), rtol=0, atol=1e-9)
 
 
-@pytest.mark.parametrize(
-    "channels, size, ratio",
-    [((3, 5), (32, 32), 0.1), ((4, 4), (7, 7), 0.1), ((2, 3), (1, 1), 0.1), ((3, 2), (6, 10), 0.5), ((2, 2), (25, 25), 0.1),
-     ((2, 3), (5, 8), 1.0), ((3, 3), (2, 1), 0.1)],
-)
-def test_half_spectrum_path_equals_full_fft_reference_with_gradients(channels, size, ratio):
-    fast = module(*channels, size, ratio)
+def fast_and_reference(fast, channels, size, forward, extra):
+    """[output, input gradient, *extra(layer)] of ``fast`` and of its copy on the reference path, for
+    the same float64 input and the same random output weighting."""
     reference = copy.deepcopy(fast)
     reference.reference = True
     x = torch.randn(4, channels[0], *size, dtype=torch.float64, requires_grad=True)
@@ -92,11 +89,47 @@ def test_half_spectrum_path_equals_full_fft_reference_with_gradients(channels, s
     results = []
     for layer in (fast, reference):
         x.grad = None
-        output = layer.global_branch(x)
+        output = forward(layer, x)
         (output * weight).sum().backward()
-        results.append((output.detach(), x.grad.clone(), layer.filter.grad.clone()))
+        results.append([output.detach(), x.grad.clone(), *extra(layer)])
+    return results
+
+
+@pytest.mark.parametrize(
+    "channels, size, ratio",
+    [((3, 5), (32, 32), 0.1), ((4, 4), (7, 7), 0.1), ((2, 3), (1, 1), 0.1), ((3, 2), (6, 10), 0.5), ((2, 2), (25, 25), 0.1),
+     ((2, 3), (5, 8), 1.0), ((3, 3), (2, 1), 0.1)],
+)
+def test_half_spectrum_path_equals_full_fft_reference_with_gradients(channels, size, ratio):
+    fast = module(*channels, size, ratio)
+    results = fast_and_reference(
+        fast, channels, size, lambda layer, x: layer.global_branch(x), lambda layer: [layer.filter.grad.clone()]
+    )
     for got, expected in zip(*results):
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("activation", [True, False])
+@pytest.mark.parametrize(
+    "channels, size, ratio", [((3, 5), (32, 32), 0.1), ((4, 2), (7, 10), 0.5), ((2, 3), (1, 1), 0.1), ((3, 3), (6, 5), 1.0)]
+)
+def test_module_with_the_local_branch_in_the_filter_equals_the_two_branch_reference(channels, size, ratio, activation):
+    # The fast path adds the 1x1 convolution's matrix to the frequency filter (and its bias after the
+    # inverse FFT); the reference computes both branches as published. Same output, same gradients.
+    torch.manual_seed(0)
+    fast = FrequencyAttention(*channels, size, ratio, activation=activation).double().train()
+    with torch.no_grad():  # away from the defaults, so that each parameter's part in the output shows
+        fast.gamma_global.fill_(0.7)
+        fast.gamma_local.fill_(-1.3)
+        fast.norm.weight.uniform_(0.5, 1.5)
+        fast.norm.bias.uniform_(-0.5, 0.5)
+    results = fast_and_reference(
+        fast, channels, size, lambda layer, x: layer(x),
+        lambda layer: [layer.norm.running_mean.clone()] + [p.grad.clone() for p in layer.parameters()],
+    )
+    assert results[0][1].abs().sum() > 0 and fast.local.weight.grad.abs().sum() > 0
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-11)
 
 
 def test_module_initialisation_and_output():
@@ -172,6 +205,31 @@ def test_local_attention_fast_path_equals_unfold_reference_with_gradients(channe
     assert all(g.abs().sum() > 0 for g in results[0][1:] if g.numel())
     for got, expected in zip(*results):
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("reference", [False, True])
+@pytest.mark.parametrize("guide_size", [(4, 3), (1, 1), (16, 14)])
+def test_local_attention_resizes_the_guide_to_x_nearest(guide_size, reference):
+    # The fast path convolves the small guide and resizes the queries; the reference resizes the guide
+    # first, as the released code. Both equal the attention on a guide resized beforehand.
+    layer = LocalSelfAttention(4, reference=reference).double()
+    x = torch.randn(2, 4, 8, 7, dtype=torch.float64, requires_grad=True)
+    guide = torch.randn(2, 4, *guide_size, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2, 4, 8, 7, dtype=torch.float64)
+    results = []
+    for resize_first in (False, True):
+        x.grad = guide.grad = None
+        output = layer(x, F.interpolate(guide, size=(8, 7), mode="nearest") if resize_first else guide)
+        (output * weight).sum().backward()
+        results.append([output.detach(), x.grad.clone(), guide.grad.clone()])
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_local_attention_rejects_a_guide_of_other_channels():
+    layer = LocalSelfAttention(4)
+    with pytest.raises(ValueError, match=r"guide with x's batch and channels, got \(2, 3, 6, 6\) and \(2, 4, 6, 6\)"):
+        layer(torch.randn(2, 4, 6, 6), torch.randn(2, 3, 6, 6))
 
 
 def test_local_attention_runs_in_float32_under_bfloat16_autocast():

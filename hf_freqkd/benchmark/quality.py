@@ -22,8 +22,9 @@ benchmark sets ``methods.freekd.prompts_path``.
 
 ``teacher_cache:`` (``none`` by default) lets runs read the teacher's outputs instead of running it
 (:mod:`hf_freqkd.teacher_cache`): with ``logits``, every run whose methods read only the teacher's
-logits (kd, dkd, figkd) reads one cache per seed (``output_dir/teacher_cache/seed<s>/logits``),
-shared across those methods; with ``all``, runs of methods that read teacher features (fam, freekd, ...)
+logits (kd, dkd, figkd) reads one cache per data seed (``output_dir/teacher_cache/seed<s>/logits``),
+shared across those methods (and across seeds when ``common`` sets ``data_seed``: the seeds then
+vary the initialisation only); with ``all``, runs of methods that read teacher features (fam, freekd, ...)
 also read a cache of their label's features (``.../seed<s>/<label>``). Each cache is built once, before
 the first run that reads it, and its build time is reported apart from the runs'.
 
@@ -209,15 +210,18 @@ class BenchmarkConfig:
             values["teacher_model"] = str(self.teacher_dir())
         if method.needs_prompts:
             values["methods"]["freekd"] = {**(values["methods"]["freekd"] or {}), "prompts_path": str(self.prompts_path(method))}
-        cache = self.teacher_cache_folder(method, seed)
+        cache = self.teacher_cache_folder(method, values.get("data_seed", seed))
         if cache is not None:
             values["teacher_cache"] = str(cache)
             if method.reads_teacher_features:
                 values["teacher_cache_features"] = True
         return values
 
-    def teacher_cache_folder(self, method: MethodRun, seed: int) -> Path | None:
-        """The cache a run of ``method`` at ``seed`` reads, or None when it runs the teacher online."""
+    def teacher_cache_folder(self, method: MethodRun, data_seed: int) -> Path | None:
+        """The cache a run of ``method`` reads, or None when it runs the teacher online. Caches are
+        per data seed (the run's ``data_seed``, else its seed: what draws the views), so with
+        ``data_seed`` set in ``common`` every seed shares them."""
+        seed = data_seed
         if self.teacher_cache == "none" or not method.uses_teacher:
             return None
         if not method.reads_teacher_features:

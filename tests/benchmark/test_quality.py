@@ -412,3 +412,13 @@ def test_teacher_cache_all_gives_feature_methods_a_cache_of_their_label():
 def test_teacher_cache_settings_are_the_benchmarks(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
         load_benchmark_config(write_config(tmp_path, **changes))
+
+
+def test_teacher_caches_are_per_data_seed_so_a_fixed_data_seed_shares_one():
+    values = {
+        "output_dir": "b", "seeds": [0, 1], "common": {**TINY_RUN, "data_seed": 7}, "teacher": {"student_model": "resnet8"},
+        "student": {"student_model": "resnet8"}, "methods": {"kd": {"kd": {}}}, "teacher_cache": "logits",
+    }
+    config = benchmark_config_from_dict(values)
+    folders = {config.student_run_config(config.methods[0], seed)["teacher_cache"] for seed in (0, 1)}
+    assert folders == {str(Path("b") / "teacher_cache" / "seed7" / "logits")}

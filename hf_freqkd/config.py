@@ -285,7 +285,7 @@ class DataArguments:
     )
     validation_fraction: Optional[float] = field(
         default=None,
-        metadata={"help": "Hold out this fraction of the train split (stratified, seeded) for evaluation when the dataset has no eval split."},
+        metadata={"help": "Hold out this fraction of the train split (stratified, seeded by seed) for evaluation, instead of the dataset's own eval split (which is then not used; leave eval_split unset)."},
     )
     image_column: Optional[str] = field(default=None, metadata={"help": "Image column; detected when unset."})
     label_column: Optional[str] = field(default=None, metadata={"help": "Label column; detected when unset."})

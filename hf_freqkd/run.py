@@ -123,8 +123,17 @@ def load_run_data(args: DistillationConfig, model_args: ModelArguments, data_arg
     transform, check_labels = task_data.transform, task_data.check_labels
     eval_data = data[eval_split] if eval_split else None
     if data_args.validation_fraction:
+        if data_args.eval_split is not None:
+            raise ConfigError(
+                f"validation_fraction = {data_args.validation_fraction} holds out part of the train split '{train_split}' for evaluation, "
+                f"but eval_split = '{data_args.eval_split}' names another evaluation split; unset one of them"
+            )
         if eval_data is not None:
-            raise ConfigError(f"validation_fraction is set but the dataset already has the eval split '{eval_split}'; unset one of them")
+            # Choices (weights, schedules) are made on data carved from train, never on the test split.
+            logger.warning(
+                "evaluating on %s of '%s' held out (validation_fraction); the dataset's '%s' split is not used",
+                data_args.validation_fraction, train_split, eval_split,
+            )
         held_out = train_data.train_test_split(
             test_size=data_args.validation_fraction, seed=args.seed, stratify_by_column=label_column if _is_class_label(train_data, label_column) else None
         )

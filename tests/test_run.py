@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import timm
@@ -70,8 +71,15 @@ def test_validation_fraction_holds_out_a_stratified_eval_split(tmp_path):
     eval_labels = [trainer.eval_dataset[i]["labels"] for i in range(50)]
     assert all(eval_labels.count(digit) in (4, 5, 6) for digit in range(10))  # stratified: about 5 per class
 
-    with pytest.raises(ValueError, match="validation_fraction is set but the dataset already has the eval split 'test'"):
-        prepare_run("teacher", defaults={**common, "dataset": "digits", "validation_fraction": 0.2})
+    # A dataset with its own test split: validation comes from train and the test split is left alone.
+    digits = {**common, "dataset": "digits", "validation_fraction": 0.2, "output_dir": str(tmp_path / "d")}
+    trainer, *_ = prepare_run("teacher", defaults=digits)
+    train_rows = len(load_digits_dataset()["train"])
+    assert len(trainer.eval_dataset) == math.ceil(0.2 * train_rows) and len(trainer.train_dataset) == train_rows - len(trainer.eval_dataset)
+
+    with pytest.raises(ValueError, match="validation_fraction = 0.2 holds out part of the train split 'train' .* eval_split = 'test'"):
+        prepare_run("teacher", defaults={**digits, "eval_split": "test", "output_dir": str(tmp_path / "e")})
+    assert not (tmp_path / "e").exists()
 
 
 def test_run_data_comes_from_the_config_task(tmp_path):

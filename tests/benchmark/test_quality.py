@@ -20,6 +20,7 @@ from hf_freqkd.benchmark.quality import (
     reported_metrics,
     run_quality_benchmark,
     summarise,
+    validate_runs,
     write_csv,
 )
 from hf_freqkd.cli import main
@@ -29,6 +30,8 @@ from hf_freqkd.tasks import get_task
 REPO = Path(__file__).resolve().parents[2]
 BENCH_DIR = REPO / "configs" / "bench"
 ABLATION_CONFIG = BENCH_DIR / "figkd_ablation_digits.yaml"
+#: Studies of one or two methods (variants of their options), not comparisons of every method
+STUDY_CONFIGS = {ABLATION_CONFIG, BENCH_DIR / "figkd_ablation_cifar10.yaml", BENCH_DIR / "cifar10_validation.yaml"}
 
 TINY_RUN = {
     "dataset": "digits",
@@ -134,12 +137,26 @@ SHIPPED_COMPARISONS = {
 }
 
 
-@pytest.mark.parametrize("path", sorted(set(BENCH_DIR.glob("*.yaml")) - {ABLATION_CONFIG}), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(set(BENCH_DIR.glob("*.yaml")) - STUDY_CONFIGS), ids=lambda p: p.name)
 def test_shipped_method_comparisons_validate_and_list_every_method(path):
     config = load_benchmark_config(path)
     assert len(config.seeds) >= 3
     labels = [m.label for m in config.methods]
     assert SHIPPED_COMPARISONS[config.task.name] <= set(labels)
+
+
+@pytest.mark.parametrize("path", sorted(STUDY_CONFIGS), ids=lambda p: p.name)
+def test_shipped_studies_validate_with_three_seeds_and_the_student_alone(path):
+    config = load_benchmark_config(path)
+    validate_runs(config)
+    assert len(config.seeds) >= 3 and config.baseline is not None  # the student alone, the row every variant is read against
+
+
+def test_cifar10_validation_study_never_evaluates_on_the_test_split():
+    config = load_benchmark_config(BENCH_DIR / "cifar10_validation.yaml")
+    for method in config.methods:
+        values = config.student_run_config(method, 0)
+        assert values["eval_split"] is None and 0 < values["validation_fraction"] < 1, method.label
 
 
 def test_figkd_ablation_config_runs_the_published_variants_one_option_each():

@@ -221,12 +221,11 @@ class BenchmarkConfig:
         """The cache a run of ``method`` reads, or None when it runs the teacher online. Caches are
         per data seed (the run's ``data_seed``, else its seed: what draws the views), so with
         ``data_seed`` set in ``common`` every seed shares them."""
-        seed = data_seed
         if self.teacher_cache == "none" or not method.uses_teacher:
             return None
         if not method.reads_teacher_features:
-            return self.output_dir / "teacher_cache" / f"seed{seed}" / "logits"
-        return self.output_dir / "teacher_cache" / f"seed{seed}" / method.folder if self.teacher_cache == "all" else None
+            return self.output_dir / "teacher_cache" / f"seed{data_seed}" / "logits"
+        return self.output_dir / "teacher_cache" / f"seed{data_seed}" / method.folder if self.teacher_cache == "all" else None
 
     def prompts_run_config(self, method: MethodRun) -> dict[str, Any]:
         values = self.student_run_config(method, self.seeds[0])

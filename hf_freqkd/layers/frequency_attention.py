@@ -10,7 +10,9 @@ Ramachandran et al. 2019, as the released code uses it).
 
 Each has two paths computing the same function: the default is optimised, ``reference=True`` is a
 direct transcription of the paper and the released code, kept to check the optimised one (the
-tests compare outputs and gradients).
+tests compare outputs and gradients). The optimised local attention runs, on float32 CPU tensors, a
+fused C kernel (``local_attention.c``, built at first use by :mod:`hf_freqkd.layers.native`), and
+otherwise (GPU, float64, no compiler, ``HF_FREQKD_NATIVE=0``) the batch-chunked torch code below.
 
 Why the optimised global branch may use ``rfft2``. With ``X = fft2(x)`` of a real ``x``,
 ``Y(k) = M(k) * sum_i X_i(k) K_io(k)`` (``M`` the high-pass mask) and ``out = Re(ifft2(Y))``:
@@ -36,6 +38,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import native
 
 
 def high_pass_half_sizes(height: int, width: int, ratio: float) -> tuple[int, int]:
@@ -373,7 +377,9 @@ class _LocalAttention(torch.autograd.Function):
     is processed in chunks whose ``k*k``-sized temporaries fit in cache, nothing of that size is
     kept between the passes (the backward pass recomputes the weights of its chunk), and window sums
     are accumulated offset by offset into ``(b, C, H, W)`` tensors. Queries computed on a smaller
-    guide are resized (nearest) here and kept at their own size for the backward pass.
+    guide are resized (nearest) here and kept at their own size for the backward pass. On float32
+    CPU tensors both passes run the fused kernel of :mod:`hf_freqkd.layers.native` instead of the
+    chunks (same saved tensors; the chunked code stays the path for every other device and dtype).
     """
 
     @staticmethod
@@ -383,6 +389,12 @@ class _LocalAttention(torch.autograd.Function):
         height, width = keys_values.shape[2] - size + 1, keys_values.shape[3] - size + 1
         query = _resize_nearest(guide_query, (height, width))
         batch, channels = query.shape[:2]
+        kernel = native.local_attention_kernel(query, keys_values, relative)
+        ctx.size, ctx.native = size, kernel is not None
+        if kernel is not None:
+            out = native.forward(kernel, query, keys_values, relative, size)
+            ctx.save_for_backward(guide_query, keys_values, relative, out)
+            return out
         keys, values = keys_values.split(channels, 1)
         step = max(1, ATTENTION_CHUNK_BYTES // (4 * size * size * channels * height * width))
         out = torch.zeros_like(query)
@@ -393,16 +405,22 @@ class _LocalAttention(torch.autograd.Function):
             for j in range(size * size):
                 out[chunk].addcmul_(weights[j], value_windows[divmod(j, size)])
         ctx.save_for_backward(guide_query, keys_values, relative, out)
-        ctx.size, ctx.step = size, step
+        ctx.step = step
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         guide_query, keys_values, relative, out = ctx.saved_tensors
-        size, step = ctx.size, ctx.step
+        size = ctx.size
         batch, channels, height, width = out.shape
         query = _resize_nearest(guide_query, (height, width))
+        if ctx.native:
+            grad_query, grad_keys_values, grad_relative = native.backward(
+                native.local_attention_kernel(query), query, keys_values, relative, out, grad_out, size
+            )
+            return _resize_backward(grad_query, guide_query), grad_keys_values, grad_relative, None
+        step = ctx.step
         keys, values = keys_values.split(channels, 1)
         grad_out = grad_out.contiguous()
         grad_query = torch.empty_like(query)
@@ -434,6 +452,11 @@ class _LocalAttention(torch.autograd.Function):
             for j in range(size * size):
                 grad_key_windows[divmod(j, size)].add_(grad_logits[j])
             grad_relative += grad_logits.sum((1, 3, 4))
-        if grad_query.shape != guide_query.shape:  # the backward of the nearest resize: sum over each source pixel's copies
-            grad_query = torch.ops.aten.upsample_nearest2d_backward(grad_query, [height, width], list(guide_query.shape))
-        return grad_query, grad_keys_values, grad_relative.t(), None
+        return _resize_backward(grad_query, guide_query), grad_keys_values, grad_relative.t(), None
+
+
+def _resize_backward(grad_query: torch.Tensor, guide_query: torch.Tensor) -> torch.Tensor:
+    """The backward of the nearest resize of ``guide_query``: sum over each source pixel's copies."""
+    if grad_query.shape == guide_query.shape:
+        return grad_query
+    return torch.ops.aten.upsample_nearest2d_backward(grad_query, list(grad_query.shape[-2:]), list(guide_query.shape))

@@ -1,0 +1,133 @@
+"""The fused CPU kernel of FAM-KD's local self-attention (``local_attention.c``), built at first use.
+
+The C file needs no Python or torch headers, so building it takes well under a second with the
+machine's C compiler (``$CC``, else ``cc`` or ``gcc``); the library is cached under
+``$HF_FREQKD_CACHE`` (default ``~/.cache/hf_freqkd``) by the source's hash and loaded with ctypes.
+Without a compiler, or with ``HF_FREQKD_NATIVE=0``, :func:`local_attention_kernel` returns None
+and :class:`~hf_freqkd.layers.frequency_attention.LocalSelfAttention` keeps its torch path, which
+computes the same function (the tests compare the three paths: reference, torch, native).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sysconfig
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("local_attention.c")
+#: ``HF_FREQKD_NATIVE=0`` turns the fused kernel off (the torch path runs instead).
+DISABLE_VARIABLE = "HF_FREQKD_NATIVE"
+#: Part of the cached library's name with the source's hash: change it when the build steps change.
+BUILD_RECIPE = "O3 fast-math march=native, linked without crtfastmath"
+
+
+def cache_folder() -> Path:
+    return Path(os.environ.get("HF_FREQKD_CACHE", Path.home() / ".cache" / "hf_freqkd")) / "native"
+
+
+def _compiler() -> str | None:
+    for candidate in (os.environ.get("CC"), (sysconfig.get_config_var("CC") or "").split(" ")[0], "cc", "gcc"):
+        if candidate and shutil.which(candidate):
+            return shutil.which(candidate)
+    return None
+
+
+def _build(source: Path, target: Path) -> None:
+    """Compile ``source`` into ``target`` atomically: concurrent processes (one per GPU or CPU rank)
+    each build into their own temporary file and rename it, so none loads a half-written library."""
+    compiler = _compiler()
+    if compiler is None:
+        raise OSError("no C compiler found ($CC, cc or gcc)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        built, objects = Path(scratch) / target.name, Path(scratch) / "local_attention.o"
+        # -ffast-math lets gcc call glibc's vectorised expf; -march=native vectorises for this CPU
+        # (retried without it for compilers that do not know the flag). Compiling and linking are two
+        # steps on purpose: linking a shared library with -ffast-math adds crtfastmath.o, which turns
+        # on flush-to-zero for the whole process when the library loads, changing every other
+        # computation's subnormals.
+        compile_base = [compiler, "-O3", "-ffast-math", "-fPIC", "-c", str(source), "-o", str(objects)]
+        for flags in (["-march=native"], []):
+            result = subprocess.run(compile_base[:1] + flags + compile_base[1:], capture_output=True, text=True)
+            if result.returncode == 0:
+                break
+        if result.returncode == 0:
+            result = subprocess.run([compiler, "-shared", "-pthread", str(objects), "-o", str(built), "-lm"], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise OSError(f"{compiler} failed on {source}: {result.stderr.strip()[:2000]}")
+        os.replace(built, target)
+
+
+@lru_cache(maxsize=None)
+def _load() -> ctypes.CDLL | None:
+    if os.environ.get(DISABLE_VARIABLE, "1") == "0":
+        return None
+    digest = hashlib.sha256(SOURCE.read_bytes() + BUILD_RECIPE.encode()).hexdigest()[:16]
+    target = cache_folder() / f"local_attention-{digest}.so"
+    try:
+        if not target.exists():
+            _build(SOURCE, target)
+        library = ctypes.CDLL(str(target))
+    except OSError as error:
+        logger.warning("FAM-KD's fused local-attention kernel is unavailable (%s); using the torch path", error)
+        return None
+    pointer, size = ctypes.c_void_p, ctypes.c_long
+    library.hf_freqkd_local_attention_forward.argtypes = [pointer] * 4 + [size] * 6
+    library.hf_freqkd_local_attention_forward.restype = None
+    library.hf_freqkd_local_attention_backward.argtypes = [pointer] * 8 + [size] * 6
+    library.hf_freqkd_local_attention_backward.restype = None
+    return library
+
+
+def local_attention_kernel(*tensors: torch.Tensor) -> ctypes.CDLL | None:
+    """The loaded library when every tensor is a float32 CPU tensor and the kernel is available, else None."""
+    if not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
+        return None
+    return _load()
+
+
+def _pointer(tensor: torch.Tensor) -> ctypes.c_void_p:
+    assert tensor.is_contiguous()
+    return ctypes.c_void_p(tensor.data_ptr())
+
+
+def forward(library: ctypes.CDLL, query: torch.Tensor, keys_values: torch.Tensor, relative: torch.Tensor, size: int) -> torch.Tensor:
+    """``out`` of the window attention; shapes as in ``local_attention.c``."""
+    query, keys_values, relative = query.contiguous(), keys_values.contiguous(), relative.contiguous()
+    batch, channels, height, width = query.shape
+    out = torch.empty_like(query)
+    library.hf_freqkd_local_attention_forward(
+        _pointer(query), _pointer(keys_values), _pointer(relative), _pointer(out),
+        batch, channels, height, width, size, torch.get_num_threads(),
+    )
+    return out
+
+
+def backward(
+    library: ctypes.CDLL, query: torch.Tensor, keys_values: torch.Tensor, relative: torch.Tensor,
+    out: torch.Tensor, grad_out: torch.Tensor, size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(grad_query, grad_keys_values, grad_relative)``, the last ``(C, size * size)``."""
+    query, keys_values, relative = query.contiguous(), keys_values.contiguous(), relative.contiguous()
+    out, grad_out = out.contiguous(), grad_out.contiguous()
+    batch, channels, height, width = query.shape
+    grad_query = torch.empty_like(query)
+    grad_keys_values = torch.zeros_like(keys_values)
+    grad_relative = query.new_zeros(batch, channels, size * size)
+    library.hf_freqkd_local_attention_backward(
+        _pointer(query), _pointer(keys_values), _pointer(relative), _pointer(out), _pointer(grad_out),
+        _pointer(grad_query), _pointer(grad_keys_values), _pointer(grad_relative),
+        batch, channels, height, width, size, torch.get_num_threads(),
+    )
+    return grad_query, grad_keys_values, grad_relative.sum(0)

@@ -31,7 +31,12 @@ REPO = Path(__file__).resolve().parents[2]
 BENCH_DIR = REPO / "configs" / "bench"
 ABLATION_CONFIG = BENCH_DIR / "figkd_ablation_digits.yaml"
 #: Studies of one or two methods (variants of their options), not comparisons of every method
-STUDY_CONFIGS = {ABLATION_CONFIG, BENCH_DIR / "figkd_ablation_cifar10.yaml", BENCH_DIR / "cifar10_validation.yaml"}
+STUDY_CONFIGS = {
+    ABLATION_CONFIG,
+    BENCH_DIR / "figkd_ablation_cifar10.yaml",
+    BENCH_DIR / "cifar10_validation.yaml",
+    BENCH_DIR / "cifar10_validation_round2.yaml",
+}
 
 TINY_RUN = {
     "dataset": "digits",
@@ -152,8 +157,9 @@ def test_shipped_studies_validate_with_three_seeds_and_the_student_alone(path):
     assert len(config.seeds) >= 3 and config.baseline is not None  # the student alone, the row every variant is read against
 
 
-def test_cifar10_validation_study_never_evaluates_on_the_test_split():
-    config = load_benchmark_config(BENCH_DIR / "cifar10_validation.yaml")
+@pytest.mark.parametrize("name", ["cifar10_validation.yaml", "cifar10_validation_round2.yaml"])
+def test_cifar10_validation_study_never_evaluates_on_the_test_split(name):
+    config = load_benchmark_config(BENCH_DIR / name)
     for method in config.methods:
         values = config.student_run_config(method, 0)
         assert values["eval_split"] is None and 0 < values["validation_fraction"] < 1, method.label

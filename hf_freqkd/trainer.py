@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import copy
 import logging
+import os
 import math
 import time
 from pathlib import Path
@@ -80,6 +81,7 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, FormattedDatase
         # The Trainer's own push would upload the Distiller (student + method modules) and pickle
         # hub_token into checkpoints: the Hub settings leave args; push_to_hub below pushes the student.
         self.hub_settings = HubSettings.take_from(args)
+        output_dir_is_new = not os.path.exists(args.output_dir)
         super().__init__(
             model=parts.distiller,
             args=args,
@@ -102,8 +104,15 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, FormattedDatase
         self._updates_per_epoch: int | None = None
         self._logged_at = (0, 0)  # (global step, skipped steps) at the last training log
         #: what the run needs from ``args.teacher_cache`` and the cache once open (see hf_freqkd.teacher_cache)
-        self.teacher_cache_plan = self._teacher_cache_plan(parts) if args.teacher_cache else None
-        self.teacher_cache = self.teacher_cache_plan.open() if self.teacher_cache_plan is not None else None
+        try:
+            self.teacher_cache_plan = self._teacher_cache_plan(parts) if args.teacher_cache else None
+            self.teacher_cache = self.teacher_cache_plan.open() if self.teacher_cache_plan is not None else None
+        except ConfigError:
+            # The plan needs the Trainer (its data loader counts the epochs), which made output_dir:
+            # a refused run leaves no empty folder behind.
+            if output_dir_is_new and os.path.isdir(args.output_dir) and not os.listdir(args.output_dir):
+                os.rmdir(args.output_dir)
+            raise
         #: What ``output_dir/hf_freqkd_run.json`` and the model card say about this run; the command
         #: line replaces ``config`` and ``settings`` with the full YAML config (student and data too).
         self.run_record: dict[str, Any] = self._initial_run_record(parts)

@@ -8,6 +8,8 @@ a warm-up and interleaved so that machine noise hits every variant alike (median
 * fam / fam_l2l: one full training step through the modules the trainer builds
   (:func:`hf_freqkd.factory.build_distillation`: the Distiller with the method's stages, the frozen
   teacher with its feature hooks), same optimizer;
+* fam, torch local attention: ``fam`` with the fused C kernel of the local attention turned off
+  (``HF_FREQKD_NATIVE=0``, :mod:`hf_freqkd.layers.native`): the batch-chunked torch code instead;
 * fam reference: ``fam`` with ``reference_implementation: true`` (full complex fft2 + einsum and the
   unfold attention of the released code), for comparison with the released code's about 4.4x;
 
@@ -36,14 +38,29 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 import hf_freqkd  # noqa: E402,F401  registers the CIFAR zoo
 from hf_freqkd.factory import build_distillation  # noqa: E402
+from hf_freqkd.layers import native  # noqa: E402
 from hf_freqkd.models import FrozenTeacher  # noqa: E402
 from hf_freqkd.speed import distillation_step, limit_step, sgd, time_call, time_interleaved  # noqa: E402
 
 VARIANTS = {
     "fam": {"fam": {"weight": 1.0}},
     "fam_l2l": {"fam_l2l": {"weight": 1.0}},
+    "fam, torch local attention": {"fam": {"weight": 1.0}},
     "fam reference": {"fam": {"weight": 1.0, "reference_implementation": True}},
 }
+#: Variants timed with the fused C kernel of the local attention turned off (hf_freqkd.layers.native).
+WITHOUT_NATIVE_KERNEL = {"fam, torch local attention"}
+
+
+def without_native_kernel(step):
+    def run():
+        os.environ[native.DISABLE_VARIABLE] = "0"
+        try:
+            step()
+        finally:
+            del os.environ[native.DISABLE_VARIABLE]
+
+    return run
 
 
 def build_variant(student_name: str, teacher_name: str, methods: dict, images: torch.Tensor):
@@ -156,6 +173,8 @@ def main() -> None:
         steps = {"limit": limit_step(student, teacher, images, labels)}
         built = {variant: build_variant(student_name, teacher_name, methods, images) for variant, methods in VARIANTS.items()}
         steps.update({variant: distillation_step(parts, images, labels) for variant, parts in built.items()})
+        for variant in WITHOUT_NATIVE_KERNEL:
+            steps[variant] = without_native_kernel(steps[variant])
         torch.set_num_threads(args.threads)
         times = time_interleaved(steps, args.iterations, args.warmup)
         limit, limit_best = median_ms(times["limit"]), 1000 * min(times["limit"])

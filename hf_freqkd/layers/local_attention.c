@@ -28,6 +28,7 @@ typedef struct {
     float *result, *grad_query, *grad_keys_values, *grad_relative;
     long batch, channels, height, width, size;
     long first_plane, last_plane;
+    int failed; /* set when the worker's scratch memory could not be allocated */
 } Job;
 
 /* Row h of a plane: logits[j * W + w] for every offset j and column w, then the softmax in place. */
@@ -84,6 +85,10 @@ static void *forward_planes(void *argument) {
     const long padded = (height + size - 1) * (width + size - 1), padded_width = width + size - 1;
     const long taps = size * size;
     float *weights = malloc(sizeof(float) * (taps + 2) * width);
+    if (weights == NULL) {
+        ((Job *)argument)->failed = 1;
+        return NULL;
+    }
     for (long plane = job->first_plane; plane < job->last_plane; ++plane) {
         const long b = plane / channels, c = plane % channels;
         const float *query = job->query + plane * height * width;
@@ -162,6 +167,12 @@ static void *backward_planes(void *argument) {
     const long taps = size * size;
     float *weights = malloc(sizeof(float) * (taps + 2) * width);
     float *grad_logit = malloc(sizeof(float) * width);
+    if (weights == NULL || grad_logit == NULL) {
+        free(weights);
+        free(grad_logit);
+        ((Job *)argument)->failed = 1;
+        return NULL;
+    }
     for (long plane = job->first_plane; plane < job->last_plane; ++plane) {
         const long b = plane / channels, c = plane % channels;
         const float *query = job->query + plane * height * width;
@@ -209,8 +220,10 @@ static void *backward_planes(void *argument) {
     return NULL;
 }
 
-static void run_jobs(Job *base, void *(*work)(void *), long threads) {
+/* Returns 0, or 1 when a worker could not allocate its scratch rows (the outputs are then incomplete). */
+static int run_jobs(Job *base, void *(*work)(void *), long threads) {
     const long planes = base->batch * base->channels;
+    if (planes == 0) return 0;
     if (threads < 1) threads = 1;
     if (threads > planes) threads = planes;
     Job jobs[64];
@@ -228,21 +241,24 @@ static void run_jobs(Job *base, void *(*work)(void *), long threads) {
     work(&jobs[0]);
     for (long t = started; t < threads; ++t) work(&jobs[t]);
     for (long t = 1; t < started; ++t) pthread_join(handles[t], NULL);
+    int failed = 0;
+    for (long t = 0; t < threads; ++t) failed |= jobs[t].failed;
+    return failed;
 }
 
-void hf_freqkd_local_attention_forward(const float *query, const float *keys_values, const float *relative, float *out,
-                                       long batch, long channels, long height, long width, long size, long threads) {
+int hf_freqkd_local_attention_forward(const float *query, const float *keys_values, const float *relative, float *out,
+                                      long batch, long channels, long height, long width, long size, long threads) {
     Job job = {query, keys_values, relative, NULL, NULL, out, NULL, NULL, NULL,
-               batch, channels, height, width, size, 0, 0};
-    run_jobs(&job, forward_planes, threads);
+               batch, channels, height, width, size, 0, 0, 0};
+    return run_jobs(&job, forward_planes, threads);
 }
 
 /* grad_keys_values and grad_relative (B, C, size * size) must be zeroed by the caller. */
-void hf_freqkd_local_attention_backward(const float *query, const float *keys_values, const float *relative,
+int hf_freqkd_local_attention_backward(const float *query, const float *keys_values, const float *relative,
                                         const float *out, const float *grad_out, float *grad_query,
                                         float *grad_keys_values, float *grad_relative, long batch, long channels,
                                         long height, long width, long size, long threads) {
     Job job = {query, keys_values, relative, out, grad_out, NULL, grad_query, grad_keys_values, grad_relative,
-               batch, channels, height, width, size, 0, 0};
-    run_jobs(&job, backward_planes, threads);
+               batch, channels, height, width, size, 0, 0, 0};
+    return run_jobs(&job, backward_planes, threads);
 }

@@ -82,9 +82,9 @@ def _load() -> ctypes.CDLL | None:
         return None
     pointer, size = ctypes.c_void_p, ctypes.c_long
     library.hf_freqkd_local_attention_forward.argtypes = [pointer] * 4 + [size] * 6
-    library.hf_freqkd_local_attention_forward.restype = None
+    library.hf_freqkd_local_attention_forward.restype = ctypes.c_int
     library.hf_freqkd_local_attention_backward.argtypes = [pointer] * 8 + [size] * 6
-    library.hf_freqkd_local_attention_backward.restype = None
+    library.hf_freqkd_local_attention_backward.restype = ctypes.c_int
     return library
 
 
@@ -97,6 +97,11 @@ def local_attention_kernel(*tensors: torch.Tensor) -> ctypes.CDLL | None:
     return _load()
 
 
+def _check(status: int) -> None:
+    if status != 0:
+        raise MemoryError("FAM-KD's local-attention kernel could not allocate its scratch rows (a few KB per thread)")
+
+
 def _pointer(tensor: torch.Tensor) -> ctypes.c_void_p:
     assert tensor.is_contiguous()
     return ctypes.c_void_p(tensor.data_ptr())
@@ -107,10 +112,10 @@ def forward(library: ctypes.CDLL, query: torch.Tensor, keys_values: torch.Tensor
     query, keys_values, relative = query.contiguous(), keys_values.contiguous(), relative.contiguous()
     batch, channels, height, width = query.shape
     out = torch.empty_like(query)
-    library.hf_freqkd_local_attention_forward(
+    _check(library.hf_freqkd_local_attention_forward(
         _pointer(query), _pointer(keys_values), _pointer(relative), _pointer(out),
         batch, channels, height, width, size, torch.get_num_threads(),
-    )
+    ))
     return out
 
 
@@ -125,9 +130,9 @@ def backward(
     grad_query = torch.empty_like(query)
     grad_keys_values = torch.zeros_like(keys_values)
     grad_relative = query.new_zeros(batch, channels, size * size)
-    library.hf_freqkd_local_attention_backward(
+    _check(library.hf_freqkd_local_attention_backward(
         _pointer(query), _pointer(keys_values), _pointer(relative), _pointer(out), _pointer(grad_out),
         _pointer(grad_query), _pointer(grad_keys_values), _pointer(grad_relative),
         batch, channels, height, width, size, torch.get_num_threads(),
-    )
+    ))
     return grad_query, grad_keys_values, grad_relative.sum(0)

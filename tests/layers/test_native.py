@@ -121,3 +121,12 @@ def test_loading_the_kernel_keeps_subnormal_floats(monkeypatch, tmp_path):
     assert native.local_attention_kernel(torch.zeros(1)) is not None
     tiny = torch.tensor(1e-38, dtype=torch.float32) / 1000
     assert tiny.item() > 0
+
+
+@requires_kernel
+def test_native_kernel_takes_an_empty_batch():
+    layer = LocalSelfAttention(4)
+    x = torch.randn(0, 4, 6, 6, requires_grad=True)
+    output = layer(x, x)
+    output.sum().backward()
+    assert output.shape == (0, 4, 6, 6) and x.grad.shape == x.shape

@@ -163,22 +163,18 @@ class FrequencyAttention(nn.Module):
                 return global_filter_reference(x, self.complex_filter(), self.high_pass_ratio)
             return self._global_branch_half_spectrum(x)
 
-    def _effective_filter(self) -> torch.Tensor:
-        """``E`` on the half spectrum: ``(H * W', C_in, C_out)`` complex, ``W' = W // 2 + 1``."""
-        return _EffectiveFilter.apply(self.filter, self.negated_index, self.keep, self.keep_negated)
-
     def _global_branch_half_spectrum(self, x: torch.Tensor) -> torch.Tensor:
-        return self._mix_half_spectrum(x, self._effective_filter())
+        return self._mix_half_spectrum(x, None, None, None)
 
-    def _mix_half_spectrum(self, x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-        """``irfft2(Z)``, ``Z(k) = rfft2(x)(k) @ kernel(k)``; ``kernel``: ``(H * W', C_in, C_out)`` complex."""
+    def _mix_half_spectrum(self, x, gamma_global, local_weight, gamma_local) -> torch.Tensor:
+        """``irfft2(Z)``, ``Z(k) = rfft2(x)(k) @ (gamma_global E(k) + gamma_local W)`` (``None``: ``E`` alone)."""
         batch = x.shape[0]
         height, width = self.size
         half_width = width // 2 + 1
-        spectrum = torch.fft.rfft2(x, norm="ortho")  # (B, C_in, H, W')
-        # Frequency-major copy: as a strided view (batch stride 1), bmm would copy each matrix on its own.
-        spectrum = spectrum.permute(2, 3, 0, 1).contiguous().view(height * half_width, batch, self.in_channels)
-        mixed = _FrequencyMixing.apply(spectrum, kernel)  # (H W', B, C_out)
+        spectrum = _FrequencyMajorSpectrum.apply(x)  # (H W', B, C_in)
+        mixed = _FilteredMixing.apply(
+            spectrum, self.filter, gamma_global, local_weight, gamma_local, self.negated_index, self.keep, self.keep_negated
+        )  # (H W', B, C_out)
         mixed = mixed.view(height, half_width, batch, self.out_channels).permute(2, 3, 0, 1)
         return torch.fft.irfft2(mixed, s=(height, width), norm="ortho")
 
@@ -189,8 +185,7 @@ class FrequencyAttention(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = x.to(self.filter.dtype)
             local_weight = self.local.weight.to(self.filter.dtype).view(self.out_channels, self.in_channels).t()
-            kernel = self.gamma_global * self._effective_filter() + self.gamma_local * local_weight
-            mixed = self._mix_half_spectrum(x, kernel)
+            mixed = self._mix_half_spectrum(x, self.gamma_global, local_weight, self.gamma_local)
             # In place: the inverse FFT keeps nothing for its backward.
             return mixed.add_((self.gamma_local * self.local.bias.to(mixed.dtype)).view(1, -1, 1, 1))
 
@@ -203,59 +198,115 @@ class FrequencyAttention(nn.Module):
         return self.act(self.norm(self.both_branches(x)))
 
 
-class _EffectiveFilter(torch.autograd.Function):
-    """``E = keep * K[:, :W'] + keep_negated * K(-k)``, the last factor carrying conj's sign.
+def _effective_filter(kernel, negated_index, keep, keep_negated) -> torch.Tensor:
+    """``E = keep * K[:, :W'] + keep_negated * K(-k)`` as ``(H * W', C_in, C_out)`` complex, the last factor
+    carrying conj's sign; ``kernel`` is the ``(H, W, C_in, C_out, 2)`` filter parameter."""
+    height, width = kernel.shape[:2]
+    half_width = keep.shape[1]
+    negated = kernel.view(height * width, *kernel.shape[2:]).index_select(0, negated_index)
+    negated = negated.view(height, half_width, *negated.shape[1:])
+    effective = torch.addcmul(kernel[:, :half_width] * keep, negated, keep_negated)
+    return torch.view_as_complex(effective.view(height * half_width, *effective.shape[2:]))
 
-    Written out so that the backward pass makes one filter-sized gradient: autograd would allocate
-    and fill several (for the slice, the gather and the products), each tens of MB for large maps.
+
+def _effective_filter_backward(grad, kernel_shape, negated_index, keep, keep_negated) -> torch.Tensor:
+    """The filter's gradient from ``E``'s: one filter-sized tensor (autograd would allocate and fill
+    several, for the slice, the gather and the products, each tens of MB for large maps)."""
+    height, width = kernel_shape[:2]
+    half_width = keep.shape[1]
+    grad = torch.view_as_real(grad.contiguous()).view(height, half_width, *kernel_shape[2:])
+    grad_kernel = grad.new_empty(kernel_shape)
+    torch.mul(grad, keep, out=grad_kernel[:, :half_width])
+    grad_kernel[:, half_width:].zero_()
+    negated = (grad * keep_negated).view(height * half_width, *kernel_shape[2:])
+    grad_kernel.view(height * width, *kernel_shape[2:]).index_add_(0, negated_index, negated)
+    return grad_kernel
+
+
+class _FilteredMixing(torch.autograd.Function):
+    """``Z = spectrum @ (gamma_global * E + gamma_local * W)`` frequency by frequency: a complex ``bmm``
+    of ``(F, B, C_in)`` and ``(F, C_in, C_out)``; ``gamma_global``, ``W`` and ``gamma_local`` may be
+    None (then ``Z = spectrum @ E``).
+
+    The kernel is formed here from the filter, and formed again in the backward pass, so the graph
+    keeps nothing filter-sized but the filter itself: autograd would keep ``E`` (for
+    ``gamma_global``'s gradient) and the kernel (for the spectrum's), two ``(F, C_in, C_out)`` complex
+    tensors per module (40 MB per module of ResNet32x4 -> ResNet8x4) for the price of one
+    gather and two elementwise products. The gradient arrives as a permuted view (of the inverse
+    FFT's input); it is made batch-major first: with its batch stride, ``bmm`` would copy each of
+    the F small matrices on its own.
     """
 
     @staticmethod
-    def forward(ctx, kernel, negated_index, keep, keep_negated):
-        height, width = kernel.shape[:2]
-        half_width = keep.shape[1]
-        negated = kernel.view(height * width, *kernel.shape[2:]).index_select(0, negated_index)
-        negated = negated.view(height, half_width, *negated.shape[1:])
-        effective = torch.addcmul(kernel[:, :half_width] * keep, negated, keep_negated)
-        ctx.save_for_backward(negated_index, keep, keep_negated)
-        ctx.kernel_shape = kernel.shape
-        return torch.view_as_complex(effective.view(height * half_width, *effective.shape[2:]))
+    def forward(ctx, spectrum, kernel, gamma_global, local_weight, gamma_local, negated_index, keep, keep_negated):
+        ctx.save_for_backward(spectrum, kernel, gamma_global, local_weight, gamma_local, negated_index, keep, keep_negated)
+        effective = _effective_filter(kernel, negated_index, keep, keep_negated)
+        return torch.bmm(spectrum, _combined_kernel(effective, gamma_global, local_weight, gamma_local))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        negated_index, keep, keep_negated = ctx.saved_tensors
-        height, width = ctx.kernel_shape[:2]
-        half_width = keep.shape[1]
-        grad = torch.view_as_real(grad.contiguous()).view(height, half_width, *ctx.kernel_shape[2:])
-        grad_kernel = grad.new_empty(ctx.kernel_shape)
-        torch.mul(grad, keep, out=grad_kernel[:, :half_width])
-        grad_kernel[:, half_width:].zero_()
-        negated = (grad * keep_negated).view(height * half_width, *ctx.kernel_shape[2:])
-        grad_kernel.view(height * width, *ctx.kernel_shape[2:]).index_add_(0, negated_index, negated)
-        return grad_kernel, None, None, None
-
-
-class _FrequencyMixing(torch.autograd.Function):
-    """``torch.bmm`` of complex ``(F, B, C_in)`` and ``(F, C_in, C_out)`` with a batch-major backward.
-
-    The gradient arrives as a permuted view (of the inverse FFT's input); given to ``bmm`` as it is,
-    its batch stride sends ``bmm`` down a per-matrix path that copies each of the F small matrices.
-    """
-
-    @staticmethod
-    def forward(ctx, spectrum, kernel):
-        ctx.save_for_backward(spectrum, kernel)
-        return torch.bmm(spectrum, kernel)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        spectrum, kernel = ctx.saved_tensors
+        spectrum, kernel, gamma_global, local_weight, gamma_local, negated_index, keep, keep_negated = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        effective = _effective_filter(kernel, negated_index, keep, keep_negated)
         grad = grad.contiguous()
-        grad_spectrum = torch.bmm(grad, kernel.mH) if ctx.needs_input_grad[0] else None
-        grad_kernel = torch.bmm(spectrum.mH, grad) if ctx.needs_input_grad[1] else None
-        return grad_spectrum, grad_kernel
+        grad_spectrum = None
+        if needs[0]:
+            grad_spectrum = torch.bmm(grad, _combined_kernel(effective, gamma_global, local_weight, gamma_local).mH)
+        grad_mixing = torch.bmm(spectrum.mH, grad)  # d kernel, (F, C_in, C_out) complex
+        grads = [grad_spectrum, None, None, None, None, None, None, None]
+        if needs[2]:  # d gamma_global = Re <d kernel, E>
+            grads[2] = (torch.view_as_real(grad_mixing) * torch.view_as_real(effective)).sum().reshape(gamma_global.shape)
+        del effective
+        if needs[3] or needs[4]:  # W is real and the same at every frequency
+            grad_local = torch.view_as_real(grad_mixing.sum(0))[..., 0]
+            if needs[3]:
+                grads[3] = gamma_local * grad_local
+            if needs[4]:
+                grads[4] = (grad_local * local_weight).sum().reshape(gamma_local.shape)
+        if needs[1]:
+            grad_effective = grad_mixing.mul_(gamma_global) if gamma_global is not None else grad_mixing
+            grads[1] = _effective_filter_backward(grad_effective, kernel.shape, negated_index, keep, keep_negated)
+        return tuple(grads)
+
+
+def _combined_kernel(effective, gamma_global, local_weight, gamma_local) -> torch.Tensor:
+    if gamma_global is None:
+        return effective
+    kernel = effective * gamma_global
+    return kernel if local_weight is None else kernel.add_(local_weight * gamma_local)
+
+
+class _FrequencyMajorSpectrum(torch.autograd.Function):
+    """``rfft2(x, norm="ortho")`` of a ``(B, C, H, W)`` map, laid out frequency-major ``(H * W', B, C)``.
+
+    Frequency-major because, as a strided view (batch stride 1), ``bmm`` would copy each of the
+    mixing's matrices on its own. Written out because autograd's ``rfft2`` keeps its whole input for
+    the backward pass (it reads only its size), a map per module per step. The backward is the
+    adjoint of the one-sided transform: ``Re(ifft2(g zero-padded to the full spectrum))``, which
+    equals ``irfft2(g * m)`` with ``m`` 1 on the self-conjugate columns (0, and W / 2 for even W)
+    and 1/2 elsewhere - ``irfft2`` reads only the Hermitian part of those columns and mirrors the
+    others - at the cost of one inverse real transform instead of a full complex one.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        batch, channels, height, width = x.shape
+        ctx.size = (height, width)
+        spectrum = torch.fft.rfft2(x, norm="ortho")
+        return spectrum.permute(2, 3, 0, 1).contiguous().view(-1, batch, channels)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        height, width = ctx.size
+        half_width = width // 2 + 1
+        grad = grad.view(height, half_width, *grad.shape[1:]).permute(2, 3, 0, 1)
+        weights = torch.full((half_width,), 0.5, dtype=grad.real.dtype, device=grad.device)
+        weights[0] = 1.0
+        if width % 2 == 0:
+            weights[-1] = 1.0
+        return torch.fft.irfft2(grad * weights, s=(height, width), norm="ortho")
 
 
 class LocalSelfAttention(nn.Module):
@@ -375,8 +426,9 @@ class _LocalAttention(torch.autograd.Function):
     Autograd through ``unfold`` materialises and keeps several ``(B, C, H, W, k*k)`` tensors
     (windows of keys and values, logits, weights) and scatters window gradients back. Here the batch
     is processed in chunks whose ``k*k``-sized temporaries fit in cache, nothing of that size is
-    kept between the passes (the backward pass recomputes the weights of its chunk), and window sums
-    are accumulated offset by offset into ``(b, C, H, W)`` tensors. Queries computed on a smaller
+    kept between the passes (the backward pass recomputes the weights of its chunk, and with them the
+    chunk's output, so not even the output is kept), and window sums are accumulated offset by offset
+    into ``(b, C, H, W)`` tensors. Queries computed on a smaller
     guide are resized (nearest) here and kept at their own size for the backward pass. On float32
     CPU tensors both passes run the fused kernel of :mod:`hf_freqkd.layers.native` instead of the
     chunks (same saved tensors; the chunked code stays the path for every other device and dtype).
@@ -392,9 +444,8 @@ class _LocalAttention(torch.autograd.Function):
         kernel = native.local_attention_kernel(query, keys_values, relative)
         ctx.size, ctx.native = size, kernel is not None
         if kernel is not None:
-            out = native.forward(kernel, query, keys_values, relative, size)
-            ctx.save_for_backward(guide_query, keys_values, relative, out)
-            return out
+            ctx.save_for_backward(guide_query, keys_values, relative)
+            return native.forward(kernel, query, keys_values, relative, size)
         keys, values = keys_values.split(channels, 1)
         step = max(1, ATTENTION_CHUNK_BYTES // (4 * size * size * channels * height * width))
         out = torch.zeros_like(query)
@@ -402,22 +453,22 @@ class _LocalAttention(torch.autograd.Function):
             chunk = slice(start, start + step)
             weights = _attention_weights(query[chunk], keys[chunk], relative, size)
             value_windows = _windows(values[chunk], size, height, width)
-            for j in range(size * size):
-                out[chunk].addcmul_(weights[j], value_windows[divmod(j, size)])
-        ctx.save_for_backward(guide_query, keys_values, relative, out)
+            _weighted_sum(weights, value_windows, out[chunk])
+        ctx.save_for_backward(guide_query, keys_values, relative)
         ctx.step = step
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        guide_query, keys_values, relative, out = ctx.saved_tensors
+        guide_query, keys_values, relative = ctx.saved_tensors
         size = ctx.size
-        batch, channels, height, width = out.shape
+        height, width = keys_values.shape[2] - size + 1, keys_values.shape[3] - size + 1
         query = _resize_nearest(guide_query, (height, width))
+        batch, channels = query.shape[:2]
         if ctx.native:
             grad_query, grad_keys_values, grad_relative = native.backward(
-                native.local_attention_kernel(query), query, keys_values, relative, out, grad_out, size
+                native.local_attention_kernel(query), query, keys_values, relative, grad_out, size
             )
             return _resize_backward(grad_query, guide_query), grad_keys_values, grad_relative, None
         step = ctx.step
@@ -432,13 +483,12 @@ class _LocalAttention(torch.autograd.Function):
             query_chunk, grad_chunk = query[chunk], grad_out[chunk]
             shifted_keys = _shifted_keys(query_chunk, keys[chunk], relative, size)
             weights = torch.softmax(shifted_keys * query_chunk, 0)
+            value_windows = _windows(values[chunk], size, height, width)
+            out = _weighted_sum(weights, value_windows, torch.zeros_like(query_chunk))
             # Softmax backward with g_j = grad_out * v_j: d logits_j = a_j (g_j - sum_i a_i g_i)
             # = a_j * grad_out * (v_j - out), since sum_i a_i v_i is the output.
             grad_logits = torch.empty_like(weights)
-            torch.sub(
-                _windows(values[chunk], size, height, width), out[chunk],
-                out=grad_logits.view(size, size, *weights.shape[1:]),
-            )
+            torch.sub(value_windows, out, out=grad_logits.view(size, size, *weights.shape[1:]))
             grad_logits.mul_(weights).mul_(grad_chunk)
             # d query = sum_j d logits_j * (k_j + r_j)
             torch.sum(shifted_keys.mul_(grad_logits), 0, out=grad_query[chunk])
@@ -453,6 +503,14 @@ class _LocalAttention(torch.autograd.Function):
                 grad_key_windows[divmod(j, size)].add_(grad_logits[j])
             grad_relative += grad_logits.sum((1, 3, 4))
         return _resize_backward(grad_query, guide_query), grad_keys_values, grad_relative.t(), None
+
+
+def _weighted_sum(weights: torch.Tensor, value_windows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out += sum_j weights[j] * value window j`` (``weights`` ``(k*k, b, C, H, W)``, windows ``(k, k, b, C, H, W)``)."""
+    size = value_windows.shape[0]
+    for j in range(size * size):
+        out.addcmul_(weights[j], value_windows[divmod(j, size)])
+    return out
 
 
 def _resize_backward(grad_query: torch.Tensor, guide_query: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,8 @@
  *   keys_values    (B, 2C, H + 2p, W + 2p): keys in channels [0, C), values in [C, 2C), zero-padded
  *   relative       (C, size * size)
  *   out            (B, C, H, W)
+ * The backward pass takes no `out`: it recomputes each pixel's weights and, with them, its output,
+ * so the autograd graph keeps nothing of the output's size (saves a map per module per step).
  * Work is split over the B * C planes; each plane's gradients touch only that plane's rows of the
  * outputs (grad_relative is written per plane and summed over the batch by the caller), so the
  * threads never write the same memory.
@@ -24,12 +26,38 @@
 #include <string.h>
 
 typedef struct {
-    const float *query, *keys_values, *relative, *out, *grad_out;
+    const float *query, *keys_values, *relative, *grad_out;
     float *result, *grad_query, *grad_keys_values, *grad_relative;
     long batch, channels, height, width, size;
     long first_plane, last_plane;
     int failed; /* set when the worker's scratch memory could not be allocated */
 } Job;
+
+/* One (batch, channel) plane's rows of every tensor a pass reads or writes (NULL where the pass has none). */
+typedef struct {
+    const float *query, *keys, *values, *relative, *grad_out;
+    float *out, *grad_query, *grad_keys, *grad_values, *grad_relative;
+} Plane;
+
+static Plane plane_at(const Job *job, long plane) {
+    const long b = plane / job->channels, c = plane % job->channels, pixels = job->height * job->width;
+    const long padded = (job->height + job->size - 1) * (job->width + job->size - 1);
+    const long keys_offset = (b * 2 * job->channels + c) * padded, values_offset = keys_offset + job->channels * padded;
+    Plane p = {0};
+    p.query = job->query + plane * pixels;
+    p.keys = job->keys_values + keys_offset;
+    p.values = job->keys_values + values_offset;
+    p.relative = job->relative + c * job->size * job->size;
+    if (job->result != NULL) p.out = job->result + plane * pixels;
+    if (job->grad_out != NULL) {
+        p.grad_out = job->grad_out + plane * pixels;
+        p.grad_query = job->grad_query + plane * pixels;
+        p.grad_keys = job->grad_keys_values + keys_offset;
+        p.grad_values = job->grad_keys_values + values_offset;
+        p.grad_relative = job->grad_relative + plane * job->size * job->size;
+    }
+    return p;
+}
 
 /* Row h of a plane: logits[j * W + w] for every offset j and column w, then the softmax in place. */
 static void window_weights(const Job *job, const float *query_row, const float *keys, const float *relative,
@@ -79,36 +107,34 @@ static void forward_row_3x3(const float *restrict query_row, const float *restri
     }
 }
 
+/* out_row = sum_j weights_j * values at offset j (weights from window_weights, any size). */
+static void weighted_values(const Job *job, const float *values, const float *weights, long h, float *out_row) {
+    const long size = job->size, width = job->width, padded_width = width + size - 1;
+    for (long w = 0; w < width; ++w) out_row[w] = 0.0f;
+    for (long j = 0; j < size * size; ++j) {
+        const float *value_row = values + (h + j / size) * padded_width + j % size;
+        const float *weight = weights + j * width;
+        for (long w = 0; w < width; ++w) out_row[w] += weight[w] * value_row[w];
+    }
+}
+
 static void *forward_planes(void *argument) {
     const Job *job = argument;
-    const long size = job->size, height = job->height, width = job->width, channels = job->channels;
-    const long padded = (height + size - 1) * (width + size - 1), padded_width = width + size - 1;
-    const long taps = size * size;
-    float *weights = malloc(sizeof(float) * (taps + 2) * width);
+    const long height = job->height, width = job->width;
+    float *weights = malloc(sizeof(float) * (job->size * job->size + 2) * width);
     if (weights == NULL) {
         ((Job *)argument)->failed = 1;
         return NULL;
     }
     for (long plane = job->first_plane; plane < job->last_plane; ++plane) {
-        const long b = plane / channels, c = plane % channels;
-        const float *query = job->query + plane * height * width;
-        const float *keys = job->keys_values + (b * 2 * channels + c) * padded;
-        const float *values = keys + channels * padded;
-        const float *relative = job->relative + c * taps;
-        float *out = job->result + plane * height * width;
+        const Plane p = plane_at(job, plane);
         for (long h = 0; h < height; ++h) {
-            if (size == 3) {
-                forward_row_3x3(query + h * width, keys, values, relative, h, width, out + h * width);
+            if (job->size == 3) {
+                forward_row_3x3(p.query + h * width, p.keys, p.values, p.relative, h, width, p.out + h * width);
                 continue;
             }
-            window_weights(job, query + h * width, keys, relative, h, weights);
-            float *out_row = out + h * width;
-            for (long w = 0; w < width; ++w) out_row[w] = 0.0f;
-            for (long j = 0; j < taps; ++j) {
-                const float *value_row = values + (h + j / size) * padded_width + j % size;
-                const float *weight = weights + j * width;
-                for (long w = 0; w < width; ++w) out_row[w] += weight[w] * value_row[w];
-            }
+            window_weights(job, p.query + h * width, p.keys, p.relative, h, weights);
+            weighted_values(job, p.values, weights, h, p.out + h * width);
         }
     }
     free(weights);
@@ -116,10 +142,10 @@ static void *forward_planes(void *argument) {
 }
 
 /* size 3, one row of the backward pass: the weights are recomputed as in forward_row_3x3 and kept,
- * times grad_out, in weighted_grads (9 x width); then tap by tap, a loop over the columns whose
- * key and value gradient targets are distinct pixels, so it vectorises. */
+ * times grad_out, in weighted_grads (9 x width), and the row's output in out_row; then tap by tap,
+ * a loop over the columns whose key and value gradient targets are distinct pixels, so it vectorises. */
 static __attribute__((noinline)) void backward_row_3x3(const float *restrict query_row, const float *restrict keys, const float *restrict values,
-                             const float *restrict relative, const float *restrict out_row,
+                             const float *restrict relative, float *restrict out_row,
                              const float *restrict grad_row, long h, long width, float *restrict grad_query_row,
                              float *grad_keys, float *grad_values, float *restrict grad_relative,
                              float *restrict weighted_grads) {
@@ -133,11 +159,13 @@ static __attribute__((noinline)) void backward_row_3x3(const float *restrict que
         for (int i = 0; i < 9; ++i) logit[i] = query_row[w] * (k0[(i / 3) * padded_width + i % 3 + w] + relative[i]);
         largest = logit[0];
         for (int i = 1; i < 9; ++i) largest = fmaxf(largest, logit[i]);
-        float exponential[9];
+        float exponential[9], sum = 0.0f;
         for (int i = 0; i < 9; ++i) {
             exponential[i] = expf(logit[i] - largest);
             total += exponential[i];
+            sum += exponential[i] * v0[(i / 3) * padded_width + i % 3 + w];
         }
+        out_row[w] = sum / total;
         const float scale = grad_row[w] / total;
         for (int i = 0; i < 9; ++i) weighted_grads[i * width + w] = exponential[i] * scale;
     }
@@ -162,45 +190,34 @@ static __attribute__((noinline)) void backward_row_3x3(const float *restrict que
 
 static void *backward_planes(void *argument) {
     const Job *job = argument;
-    const long size = job->size, height = job->height, width = job->width, channels = job->channels;
-    const long padded = (height + size - 1) * (width + size - 1), padded_width = width + size - 1;
-    const long taps = size * size;
-    float *weights = malloc(sizeof(float) * (taps + 2) * width);
-    float *grad_logit = malloc(sizeof(float) * width);
-    if (weights == NULL || grad_logit == NULL) {
-        free(weights);
-        free(grad_logit);
+    const long size = job->size, height = job->height, width = job->width;
+    const long padded_width = width + size - 1, taps = size * size;
+    /* weights (taps rows + 2 scratch rows), then the recomputed output row, then d logit */
+    float *weights = malloc(sizeof(float) * (taps + 4) * width);
+    if (weights == NULL) {
         ((Job *)argument)->failed = 1;
         return NULL;
     }
+    float *out_row = weights + (taps + 2) * width, *grad_logit = out_row + width;
     for (long plane = job->first_plane; plane < job->last_plane; ++plane) {
-        const long b = plane / channels, c = plane % channels;
-        const float *query = job->query + plane * height * width;
-        const float *keys = job->keys_values + (b * 2 * channels + c) * padded;
-        const float *values = keys + channels * padded;
-        const float *relative = job->relative + c * taps;
-        const float *out = job->out + plane * height * width;
-        const float *grad_out = job->grad_out + plane * height * width;
-        float *grad_query = job->grad_query + plane * height * width;
-        float *grad_keys = job->grad_keys_values + (b * 2 * channels + c) * padded;
-        float *grad_values = grad_keys + channels * padded;
-        float *grad_relative = job->grad_relative + plane * taps;
+        const Plane p = plane_at(job, plane);
         for (long h = 0; h < height; ++h) {
-            const float *query_row = query + h * width, *out_row = out + h * width, *grad_row = grad_out + h * width;
-            float *grad_query_row = grad_query + h * width;
+            const float *query_row = p.query + h * width, *grad_row = p.grad_out + h * width;
+            float *grad_query_row = p.grad_query + h * width;
             for (long w = 0; w < width; ++w) grad_query_row[w] = 0.0f;
             if (size == 3) {
-                backward_row_3x3(query_row, keys, values, relative, out_row, grad_row, h, width, grad_query_row,
-                                 grad_keys, grad_values, grad_relative, weights);
+                backward_row_3x3(query_row, p.keys, p.values, p.relative, out_row, grad_row, h, width, grad_query_row,
+                                 p.grad_keys, p.grad_values, p.grad_relative, weights);
                 continue;
             }
-            window_weights(job, query_row, keys, relative, h, weights);
+            window_weights(job, query_row, p.keys, p.relative, h, weights);
+            weighted_values(job, p.values, weights, h, out_row);
             for (long j = 0; j < taps; ++j) {
                 const long offset = (h + j / size) * padded_width + j % size;
-                const float *key_row = keys + offset, *value_row = values + offset;
-                float *grad_key_row = grad_keys + offset, *grad_value_row = grad_values + offset;
+                const float *key_row = p.keys + offset, *value_row = p.values + offset;
+                float *grad_key_row = p.grad_keys + offset, *grad_value_row = p.grad_values + offset;
                 const float *weight = weights + j * width;
-                const float r = relative[j];
+                const float r = p.relative[j];
                 float relative_sum = 0.0f;
                 /* softmax backward: d logit_j = w_j * g * (v_j - out), as sum_i w_i v_i is out */
                 for (long w = 0; w < width; ++w) {
@@ -211,11 +228,10 @@ static void *backward_planes(void *argument) {
                     grad_key_row[w] += grad_key;
                     relative_sum += grad_key;
                 }
-                grad_relative[j] += relative_sum;
+                p.grad_relative[j] += relative_sum;
             }
         }
     }
-    free(grad_logit);
     free(weights);
     return NULL;
 }
@@ -248,17 +264,17 @@ static int run_jobs(Job *base, void *(*work)(void *), long threads) {
 
 int hf_freqkd_local_attention_forward(const float *query, const float *keys_values, const float *relative, float *out,
                                       long batch, long channels, long height, long width, long size, long threads) {
-    Job job = {query, keys_values, relative, NULL, NULL, out, NULL, NULL, NULL,
+    Job job = {query, keys_values, relative, NULL, out, NULL, NULL, NULL,
                batch, channels, height, width, size, 0, 0, 0};
     return run_jobs(&job, forward_planes, threads);
 }
 
 /* grad_keys_values and grad_relative (B, C, size * size) must be zeroed by the caller. */
 int hf_freqkd_local_attention_backward(const float *query, const float *keys_values, const float *relative,
-                                        const float *out, const float *grad_out, float *grad_query,
+                                        const float *grad_out, float *grad_query,
                                         float *grad_keys_values, float *grad_relative, long batch, long channels,
                                         long height, long width, long size, long threads) {
-    Job job = {query, keys_values, relative, out, grad_out, NULL, grad_query, grad_keys_values, grad_relative,
+    Job job = {query, keys_values, relative, grad_out, NULL, grad_query, grad_keys_values, grad_relative,
                batch, channels, height, width, size, 0, 0, 0};
     return run_jobs(&job, backward_planes, threads);
 }

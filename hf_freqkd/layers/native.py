@@ -83,7 +83,7 @@ def _load() -> ctypes.CDLL | None:
     pointer, size = ctypes.c_void_p, ctypes.c_long
     library.hf_freqkd_local_attention_forward.argtypes = [pointer] * 4 + [size] * 6
     library.hf_freqkd_local_attention_forward.restype = ctypes.c_int
-    library.hf_freqkd_local_attention_backward.argtypes = [pointer] * 8 + [size] * 6
+    library.hf_freqkd_local_attention_backward.argtypes = [pointer] * 7 + [size] * 6
     library.hf_freqkd_local_attention_backward.restype = ctypes.c_int
     return library
 
@@ -121,18 +121,18 @@ def forward(library: ctypes.CDLL, query: torch.Tensor, keys_values: torch.Tensor
 
 def backward(
     library: ctypes.CDLL, query: torch.Tensor, keys_values: torch.Tensor, relative: torch.Tensor,
-    out: torch.Tensor, grad_out: torch.Tensor, size: int,
+    grad_out: torch.Tensor, size: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(grad_query, grad_keys_values, grad_relative)``, the last ``(C, size * size)``."""
+    """``(grad_query, grad_keys_values, grad_relative)``, the last ``(C, size * size)``; the output is
+    recomputed inside, so the forward's ``out`` need not be kept."""
     query, keys_values, relative = query.contiguous(), keys_values.contiguous(), relative.contiguous()
-    out, grad_out = out.contiguous(), grad_out.contiguous()
+    grad_out = grad_out.contiguous()
     batch, channels, height, width = query.shape
     grad_query = torch.empty_like(query)
     grad_keys_values = torch.zeros_like(keys_values)
     grad_relative = query.new_zeros(batch, channels, size * size)
     _check(library.hf_freqkd_local_attention_backward(
-        _pointer(query), _pointer(keys_values), _pointer(relative), _pointer(out), _pointer(grad_out),
-        _pointer(grad_query), _pointer(grad_keys_values), _pointer(grad_relative),
+        _pointer(query), _pointer(keys_values), _pointer(relative), _pointer(grad_out), _pointer(grad_query), _pointer(grad_keys_values), _pointer(grad_relative),
         batch, channels, height, width, size, torch.get_num_threads(),
     ))
     return grad_query, grad_keys_values, grad_relative.sum(0)

@@ -280,7 +280,11 @@ class _FrequencyAttentionDistillation(DistillationMethod):
 
     def teacher_target(self, feature: torch.Tensor) -> torch.Tensor:
         feature = feature.detach().float()
-        return F.relu(feature) if self.options.teacher_relu else feature
+        # Stage outputs of ResNets are post-ReLU already: ReLU would only copy them, and the MSE keeps
+        # its target for the backward pass (a teacher-sized map per stage per step).
+        if self.options.teacher_relu and bool((feature < 0).any()):
+            return F.relu(feature)
+        return feature
 
     def stage_outputs(self, student: LogitsAndFeatures, teacher: LogitsAndFeatures) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``(module output, teacher target)`` per distilled stage, shallow to deep."""

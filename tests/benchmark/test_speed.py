@@ -26,6 +26,8 @@ def test_tiny_speed_benchmark_writes_table_csv_and_chart(tmp_path):
         assert not row["error"]
         assert float(row["limit_ms"]) > 0 and float(row["step_ms"]) > 0 and math.isfinite(float(row["time_ratio"]))
         assert float(row["peak_mib"]) >= 0
+    # memory is measured in its own process, with glibc's mmap threshold fixed (RSS follows live memory)
+    assert all(row["memory_source"].endswith("MALLOC_MMAP_THRESHOLD_=131072") for row in rows)
     table = (tmp_path / "speed.md").read_text()
     assert table.count("| resnet8-resnet8 |") == 3
     with Image.open(tmp_path / "speed.png") as image:

@@ -109,6 +109,54 @@ def test_half_spectrum_path_equals_full_fft_reference_with_gradients(channels, s
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("size", [(4, 6), (5, 7), (8, 8), (3, 1), (1, 2), (6, 5)])
+def test_frequency_major_spectrum_and_its_gradient_equal_torch_rfft2(size):
+    # torch.fft.rfft2 (and its autograd) is the reference; the written-out backward is its adjoint.
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
+    spectrum = frequency_attention._FrequencyMajorSpectrum.apply(x)
+    expected = torch.fft.rfft2(x, norm="ortho")
+    torch.testing.assert_close(spectrum, expected.permute(2, 3, 0, 1).reshape(-1, 2, 3), rtol=0, atol=0)
+    grad = torch.randn_like(spectrum)
+    (got,) = torch.autograd.grad(spectrum, x, grad)
+    (want,) = torch.autograd.grad(expected, x, grad.view(size[0], -1, 2, 3).permute(2, 3, 0, 1))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(frequency_attention._FrequencyMajorSpectrum.apply, (x,))
+
+
+def saved_storages(run) -> list[int]:
+    """Storage addresses of every tensor autograd saves for the backward pass while ``run()`` runs."""
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor.untyped_storage().data_ptr())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        run()
+    return saved
+
+
+def test_module_keeps_neither_its_input_nor_a_copy_of_the_spectrum_layout_for_backward():
+    # autograd's rfft2 would keep the module's input (it reads only its size): a map per module per step.
+    layer = FrequencyAttention(4, 4, (8, 8)).train()
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    inner = x * 1.0
+    assert inner.untyped_storage().data_ptr() not in saved_storages(lambda: layer(inner))
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_local_attention_keeps_no_output_sized_map_for_backward(native, monkeypatch):
+    # The backward recomputes the weights and the output; only the (small) queries, the keys and
+    # values and the relative terms are kept.
+    monkeypatch.setenv("HF_FREQKD_NATIVE", native)
+    attention = LocalSelfAttention(4)
+    x, guide = torch.randn(2, 4, 6, 6, requires_grad=True), torch.randn(2, 4, 3, 3, requires_grad=True)
+    outputs = []
+    saved = saved_storages(lambda: outputs.append(attention(x, guide)))
+    assert outputs[0].untyped_storage().data_ptr() not in saved
+
+
 @pytest.mark.parametrize("activation", [True, False])
 @pytest.mark.parametrize(
     "channels, size, ratio", [((3, 5), (32, 32), 0.1), ((4, 2), (7, 10), 0.5), ((2, 3), (1, 1), 0.1), ((3, 3), (6, 5), 1.0)]

@@ -64,6 +64,11 @@ class DistillationConfig(TrainingArguments):
         teacher_cache_features (`bool`, defaults to `False`):
             Also store the teacher features the methods read (fam, freekd, ...): larger, but then those
             methods skip the teacher too.
+        teacher_cache_layers (`list[str]`, *optional*):
+            The teacher layers a cache this run builds stores (implies ``teacher_cache_features``);
+            they must include those the run's methods read. One cache built with the layers of
+            several configs then serves each of them (``benchmark quality`` builds one per data
+            seed this way). Default: the layers this run's methods read.
         teacher_cache_dtype (`str`, defaults to `"float32"`): ``float32`` or ``float16`` storage.
         teacher_cache_max_gb (`float`, defaults to 50): refuse to build a larger cache.
 
@@ -115,6 +120,11 @@ class DistillationConfig(TrainingArguments):
     )
     teacher_cache_features: bool = field(
         default=False, metadata={"help": "Also cache the teacher features the methods read (needed for fam, freekd, ... to skip the teacher)."}
+    )
+    teacher_cache_layers: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Teacher layers a built cache stores (a superset of what the methods read, so runs of other methods "
+                          "can share it); implies teacher_cache_features. Default: the layers the methods read."},
     )
     teacher_cache_dtype: str = field(default="float32", metadata={"help": "Storage of the teacher cache: float32 or float16."})
     teacher_cache_max_gb: float = field(default=50.0, metadata={"help": "Refuse to build a teacher cache larger than this (GiB)."})
@@ -181,6 +191,13 @@ class DistillationConfig(TrainingArguments):
             raise ConfigError(f"teacher_cache = {self.teacher_cache!r} is invalid: expected a folder path")
         if self.teacher_cache and not self.needs_teacher:
             raise ConfigError(f"teacher_cache = '{self.teacher_cache}' is set but no method uses a teacher ({', '.join(self.methods)}); unset it")
+        layers = self.teacher_cache_layers
+        if layers is not None:
+            if not (isinstance(layers, (list, tuple)) and layers and all(isinstance(name, str) and name.strip() for name in layers)):
+                raise ConfigError(f"teacher_cache_layers = {layers!r} is invalid: expected a non-empty list of teacher layer names")
+            if not self.teacher_cache:
+                raise ConfigError(f"teacher_cache_layers = {list(layers)} is set but teacher_cache is not: set the cache folder, or unset it")
+            self.teacher_cache_layers = list(layers)
 
     def _dataloader_defaults(self) -> None:
         """Workers, persistent workers and pinned memory for this machine (see the class docstring)."""

@@ -221,15 +221,19 @@ class TeacherCache:
     def _shards_of_epoch(self, epoch: int) -> list[dict[str, Any]]:
         return [shard for shard in self.shards if shard["epoch"] == epoch]
 
-    def read(self, epochs: torch.Tensor, rows: torch.Tensor, device: torch.device | str = "cpu") -> LogitsAndFeatures:
-        """The teacher's logits and cached features for views (``epochs[i]``, ``rows[i]``), float32 on ``device``."""
+    def read(
+        self, epochs: torch.Tensor, rows: torch.Tensor, device: torch.device | str = "cpu", features: list[str] | None = None
+    ) -> LogitsAndFeatures:
+        """The teacher's logits and cached features for views (``epochs[i]``, ``rows[i]``), float32 on
+        ``device``; only the named ``features`` when given (a cache shared by several runs may hold more)."""
         epochs = torch.as_tensor(epochs).reshape(-1).cpu().numpy().astype(np.int64)
         rows = torch.as_tensor(rows).reshape(-1).cpu().numpy().astype(np.int64)
         if not self.augmented:
             epochs = np.zeros_like(epochs)  # the same view every epoch: one epoch is stored
         if rows.size and (rows.min() < 0 or rows.max() >= self.rows):
             raise DataError(f"teacher cache '{self.path}' holds rows 0..{self.rows - 1}; a batch asked for row {int(rows.max())}")
-        outputs = {name: np.empty((rows.size, *shape), dtype=np.float32) for name, shape in self.shapes.items()}
+        names = [name for name in self.shapes if features is None or not name.startswith("features.") or name.removeprefix("features.") in features]
+        outputs = {name: np.empty((rows.size, *self.shapes[name]), dtype=np.float32) for name in names}
         for epoch in np.unique(epochs):
             shards = self._shards_of_epoch(int(epoch))
             if not shards:
@@ -240,8 +244,9 @@ class TeacherCache:
                 if selected.size == 0:
                     continue
                 local = rows[selected] - shard["start"]
-                for name, array in self._arrays(shard).items():
-                    outputs[name][selected] = array[local]
+                arrays = self._arrays(shard)
+                for name in names:
+                    outputs[name][selected] = arrays[name][local]
         tensors = {name: torch.from_numpy(value).to(device) for name, value in outputs.items()}
         features = {name.removeprefix("features."): value for name, value in tensors.items() if name.startswith("features.")}
         return LogitsAndFeatures(tensors.get("logits"), features)
@@ -261,6 +266,8 @@ class CachePlan:
     features: list[str]
     dtype: str
     max_bytes: float
+    #: the layers a build stores, when more than ``features`` (a cache shared by runs of other methods)
+    stored_features: list[str] | None = None
 
     def open(self) -> TeacherCache | None:
         """The cache at ``path`` checked against this plan; None when there is none yet."""
@@ -314,7 +321,7 @@ def build_teacher_cache(
     def outputs_of(batch) -> dict[str, torch.Tensor]:
         output = teacher(batch["pixel_values"].to(device))
         values = {"logits": output.logits}
-        values.update({f"features.{name}": output.features[name] for name in plan.features})
+        values.update({f"features.{name}": output.features[name] for name in plan.stored_features or plan.features})
         return {name: value.detach().float() for name, value in values.items()}
 
     set_epoch(0)

@@ -28,6 +28,7 @@ from .data.seeding import AugmentationEpochCallback, dataset_seeding
 from .distiller import DistillerOutput
 from .errors import ConfigError, TrainingError
 from .factory import DistillationParts, build_distillation, check_finite_weights
+from .models import FrozenTeacher
 from .output_dir import STUDENT_EXPORT_DIR, check_output_dir, resolve_resume, training_settings, write_record
 from .push import HubSettings
 from .training import AtomicCheckpoints, FormattedDatasets, LossTermMeans, NonFiniteLossGuard
@@ -162,7 +163,16 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, FormattedDatase
                 "which numbers its rows (this one was formatted for evaluation); format it for training, or unset teacher_cache"
             )
         features = list(parts.teacher.layers) if parts.teacher is not None else []
-        if features and not self.args.teacher_cache_features:
+        stored = self.args.teacher_cache_layers
+        if stored is not None:
+            missing = [name for name in features if name not in stored]
+            if missing:
+                raise ConfigError(
+                    f"teacher_cache_layers = {stored} lacks {', '.join(missing)}, which the methods read; add them, or unset teacher_cache_layers"
+                )
+            # An unknown layer fails here, before any training or writing, naming the model's layers.
+            FrozenTeacher(parts.teacher.model, stored).remove_hooks()
+        elif features and not self.args.teacher_cache_features:
             methods = ", ".join(name for name in parts.distiller.methods if name != "ce")
             raise ConfigError(
                 f"teacher_cache is set and the methods ({methods}) read the teacher's features {', '.join(features)}, "
@@ -178,7 +188,7 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, FormattedDatase
         )
         transform.emit_view_ids = True
         return CachePlan(
-            path=Path(path), identity=identity, augmented=seeding is not None, features=features,
+            path=Path(path), identity=identity, augmented=seeding is not None, features=features, stored_features=stored,
             dtype=self.args.teacher_cache_dtype, max_bytes=self.args.teacher_cache_max_gb * 2**30,
         )
 
@@ -199,16 +209,23 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, FormattedDatase
                 batch = self.data_collator(rows)
                 return {key: value for key, value in batch.items() if key not in (VIEW_ROW, VIEW_EPOCH, "labels")}
 
+            plan = self.teacher_cache_plan
+            # A cache storing more layers than this run reads is built by a teacher hooked on all of them.
+            teacher = self.teacher
+            if plan.stored_features is not None and list(plan.stored_features) != list(self.teacher.layers):
+                teacher = FrozenTeacher(self.teacher.model, plan.stored_features, as_maps=self.teacher.as_maps)
             with self.accelerator.main_process_first():
                 epoch = seeding.epoch if seeding is not None else 0
                 try:
                     self.teacher_cache = build_teacher_cache(
-                        self.teacher_cache_plan, self.teacher, self.train_dataset, set_epoch, collate,
+                        plan, teacher, self.train_dataset, set_epoch, collate,
                         batch_size=max(self.args.per_device_eval_batch_size, self.args.per_device_train_batch_size),
                         num_workers=self.args.dataloader_num_workers, log=print if self.is_world_process_zero() else logger.debug,
                     )
                 finally:
                     set_epoch(epoch)
+                    if teacher is not self.teacher:
+                        teacher.remove_hooks()
         return self.teacher_cache
 
     # ------------------------------------------------------------------------------------------
@@ -252,7 +269,9 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, FormattedDatase
             if self.teacher_cache is not None:
                 from .teacher_cache import VIEW_EPOCH, VIEW_ROW
 
-                cached = self.teacher_cache.read(inputs[VIEW_EPOCH], inputs[VIEW_ROW], device=pixel_values.device)
+                cached = self.teacher_cache.read(
+                    inputs[VIEW_EPOCH], inputs[VIEW_ROW], device=pixel_values.device, features=self.teacher_cache_plan.features
+                )
                 teacher_logits, teacher_features = cached.logits, cached.features
             elif self.teacher is not None:
                 with torch.no_grad():

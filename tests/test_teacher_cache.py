@@ -243,6 +243,31 @@ def test_cache_of_more_epochs_serves_a_shorter_run(tmp_path, kd_runs):
     assert prepare(tmp_path / "run", num_train_epochs=1, teacher_cache=str(kd_runs.cache)).teacher_cache is not None
 
 
+def test_one_cache_with_more_layers_serves_kd_and_fam_runs(tmp_path, kd_runs, fam_runs):
+    # A kd run builds a cache that also stores fam's teacher layers (teacher_cache_layers); a fam run
+    # then reads its features from it and a second kd run its logits, each equal to online training.
+    fam_layers = list(fam_runs.cached_trainer.teacher.layers)
+    cache = tmp_path / "shared"
+    kd = train_from_cache(prepare(tmp_path / "kd", teacher_cache=str(cache), teacher_cache_layers=fam_layers))
+    assert sorted(TeacherCache(cache).feature_names) == sorted(fam_layers)
+    assert_same_states(kd, kd_runs.online, **EXACT)
+    fam = train_from_cache(prepare(tmp_path / "fam", teacher_cache=str(cache), teacher_cache_layers=fam_layers, **FAM))
+    assert_same_states(fam, fam_runs.online, **EXACT)
+    # A logits-only read of the shared cache copies no feature.
+    assert TeacherCache(cache).read(torch.zeros(2), torch.tensor([0, 5]), features=[]).features == {}
+
+
+def test_teacher_cache_layers_must_cover_the_methods_and_exist(tmp_path, fam_runs):
+    fam_layers = list(fam_runs.cached_trainer.teacher.layers)
+    cache = tmp_path / "cache"
+    with pytest.raises(ConfigError, match=f"lacks {fam_layers[0]}, which the methods read"):
+        prepare(tmp_path / "run", teacher_cache=str(cache), teacher_cache_layers=fam_layers[1:], **FAM)
+    with pytest.raises(Exception, match="layer 'layer9' does not exist in .*stage layers: layer1, layer2, layer3"):
+        prepare(tmp_path / "run", teacher_cache=str(cache), teacher_cache_layers=["layer9"])
+    assert not cache.exists()
+    assert_nothing_written(tmp_path / "run")
+
+
 # ----------------------------------------------------------------------------------------------
 # Resuming and several processes
 
@@ -364,6 +389,9 @@ def test_evaluation_formatted_training_set_is_refused(tmp_path):
         ({"teacher_cache_max_gb": -1.0}, "teacher_cache_max_gb = -1.0 is invalid"),
         ({"teacher_cache_max_gb": math.inf}, "teacher_cache_max_gb = inf is invalid"),
         ({"teacher_cache": " "}, "teacher_cache = ' ' is invalid: expected a folder path"),
+        ({"teacher_cache_layers": []}, "teacher_cache_layers = [] is invalid: expected a non-empty list of teacher layer names"),
+        ({"teacher_cache_layers": ["layer1", ""]}, "teacher_cache_layers = ['layer1', ''] is invalid"),
+        ({"teacher_cache": None, "teacher_cache_layers": ["layer1"]}, "teacher_cache_layers = ['layer1'] is set but teacher_cache is not"),
     ],
 )
 def test_bad_cache_settings_are_refused(tmp_path, values, message):

@@ -17,16 +17,18 @@ A benchmark config (``configs/bench/*.yaml``) holds::
       dkd: {methods: {ce: {}, dkd: {}}, distill_warmup_epochs: 5}
 
 "Run config keys" are those of ``hf-freqkd distill`` configs. A method using ``freekd`` with
-prompts gets its stage 1 (``fit-prompts``) run once, on the teacher, before its first seed; the
-benchmark sets ``methods.freekd.prompts_path``.
+prompts gets its stage 1 (``fit-prompts``) run once, on the teacher, before the first run of any
+label; the benchmark sets ``methods.freekd.prompts_path``.
 
 ``teacher_cache:`` (``none`` by default) lets runs read the teacher's outputs instead of running it
 (:mod:`hf_freqkd.teacher_cache`): with ``logits``, every run whose methods read only the teacher's
 logits (kd, dkd, figkd) reads one cache per data seed (``output_dir/teacher_cache/seed<s>/logits``),
 shared across those methods (and across seeds when ``common`` sets ``data_seed``: the seeds then
-vary the initialisation only); with ``all``, runs of methods that read teacher features (fam, freekd, ...)
-also read a cache of their label's features (``.../seed<s>/<label>``). Each cache is built once, before
-the first run that reads it, and its build time is reported apart from the runs'.
+vary the initialisation only); with ``all``, every run that uses a teacher reads one cache per data
+seed (``.../seed<s>/shared``) holding the logits and the union of the teacher layers its labels read
+(:func:`shared_cache_layers`), except a label that overrides more than its methods, which draws
+other views and gets its own (``.../seed<s>/<label>``). Each cache is built once, before the first
+run that reads it, and its build time is reported apart from the runs'.
 
 A label is free text, so a sweep of one method's options is a list of labels, one row each in the
 table, CSV and chart (``configs/bench/figkd_ablation_digits.yaml``)::
@@ -67,6 +69,7 @@ import math
 import re
 import shlex
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,7 +85,9 @@ BENCH_KEYS = ("name", "description", "output_dir", "seeds", "common", "teacher",
 #: ``teacher_cache:`` of a benchmark: which runs read cached teacher outputs (see the module docstring)
 TEACHER_CACHE_MODES = ("none", "logits", "all")
 #: run config keys the benchmark sets itself when it caches the teacher
-_CACHE_KEYS = ("teacher_cache", "teacher_cache_features")
+_CACHE_KEYS = ("teacher_cache", "teacher_cache_features", "teacher_cache_layers")
+#: folder name of the per-data-seed cache every sharing label reads under ``teacher_cache: all``
+SHARED_CACHE = "shared"
 #: methods drawn in colour in the chart (the frequency-domain ones); the rest are baselines
 FREQUENCY_METHODS = ("figkd", "fam", "fam_l2l", "freekd")
 RESULT_FILE = "bench_result.json"
@@ -147,6 +152,12 @@ class MethodRun:
         return any(cls.uses_teacher and cls.feature_request is not DistillationMethod.feature_request for cls in self._method_classes())
 
     @property
+    def shares_teacher_cache(self) -> bool:
+        """True when the label changes nothing but the methods: its runs draw the same views as every
+        other such label's, so under ``teacher_cache: all`` they read one cache per data seed."""
+        return set(self.overrides) == {"methods"}
+
+    @property
     def needs_prompts(self) -> bool:
         freekd = self.overrides["methods"].get("freekd")
         return freekd is not None and (freekd or {}).get("masks", "prompts") == "prompts"
@@ -169,6 +180,9 @@ class BenchmarkConfig:
     command: list[str] = field(default_factory=list)
     #: overridden key -> (the config file's value, the value run), only keys whose value changed
     changed_by_overrides: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    #: teacher layers the shared per-seed cache stores (``teacher_cache: all``): the union of those the
+    #: sharing labels read, found by :func:`shared_cache_layers` before the first run
+    shared_cache_layers: list[str] = field(default_factory=list)
 
     @property
     def baseline(self) -> MethodRun | None:
@@ -215,6 +229,8 @@ class BenchmarkConfig:
             values["teacher_cache"] = str(cache)
             if method.reads_teacher_features:
                 values["teacher_cache_features"] = True
+            if cache.name == SHARED_CACHE and self.shared_cache_layers:
+                values["teacher_cache_layers"] = list(self.shared_cache_layers)
         return values
 
     def teacher_cache_folder(self, method: MethodRun, data_seed: int) -> Path | None:
@@ -223,9 +239,12 @@ class BenchmarkConfig:
         ``data_seed`` set in ``common`` every seed shares them."""
         if self.teacher_cache == "none" or not method.uses_teacher:
             return None
+        seed_folder = self.output_dir / "teacher_cache" / f"seed{data_seed}"
+        if self.teacher_cache == "all" and method.shares_teacher_cache:
+            return seed_folder / SHARED_CACHE
         if not method.reads_teacher_features:
-            return self.output_dir / "teacher_cache" / f"seed{data_seed}" / "logits"
-        return self.output_dir / "teacher_cache" / f"seed{data_seed}" / method.folder if self.teacher_cache == "all" else None
+            return seed_folder / "logits"
+        return seed_folder / method.folder if self.teacher_cache == "all" else None
 
     def prompts_run_config(self, method: MethodRun) -> dict[str, Any]:
         values = self.student_run_config(method, self.seeds[0])
@@ -233,6 +252,26 @@ class BenchmarkConfig:
         for key in _CACHE_KEYS:  # stage 1 runs the teacher with prompts: no cache applies
             values.pop(key, None)
         return values
+
+
+def shared_cache_layers(config: BenchmarkConfig) -> list[str]:
+    """The teacher layers read by the labels that share the per-seed cache, in first-use order: each
+    such label's trainer is built (data, models, methods; nothing trained or written) and asked."""
+    from ..run import prepare_run
+
+    layers: list[str] = []
+    for method in config.methods:
+        if not (method.uses_teacher and method.shares_teacher_cache and method.reads_teacher_features):
+            continue
+        values = config.student_run_config(method, config.seeds[0])
+        for key in _CACHE_KEYS:
+            values.pop(key, None)
+        with tempfile.TemporaryDirectory() as scratch:  # transformers' Trainer makes output_dir when built
+            values["output_dir"] = str(Path(scratch) / "run")
+            trainer, *_ = prepare_run("distill", defaults=values, check_output=False)
+            layers += [name for name in trainer.teacher.layers if name not in layers]
+            del trainer
+    return layers
 
 
 # ----------------------------------------------------------------------------------------------
@@ -505,10 +544,15 @@ def run_quality_benchmark(config: BenchmarkConfig, log=print) -> BenchmarkResult
     num_classes = _num_classes(config.teacher_dir())
 
     rows, prompt_seconds, cache_seconds = [], {}, {}
+    # Stage 1 of every FreeKD label first: a label's trainer (built to list the shared cache's layers) loads its prompts.
     for method in config.methods:
         if method.needs_prompts:
             log(f"{method.label}: fitting FreeKD prompts on the teacher (stage 1)")
             prompt_seconds[method.label] = _fit_prompts(config, method, log)
+    if config.teacher_cache == "all":
+        config.shared_cache_layers = shared_cache_layers(config)
+        log(f"teacher cache: one per data seed, logits and teacher layers {', '.join(config.shared_cache_layers) or 'none'}")
+    for method in config.methods:
         for seed in config.seeds:
             values = config.student_run_config(method, seed)
             cache = values.get("teacher_cache")

@@ -412,16 +412,44 @@ def test_teacher_cache_logits_gives_the_online_results_from_one_cache_per_seed(t
     assert "Teacher cache (logits): 2 cache(s) built" in (tmp_path / "cached" / "results.md").read_text()
 
 
-def test_teacher_cache_all_gives_feature_methods_a_cache_of_their_label():
+def test_teacher_cache_all_shares_one_cache_per_seed_between_labels_that_change_only_methods():
     values = {
         "output_dir": "b", "seeds": [3], "common": TINY_RUN, "teacher": {"student_model": "resnet8"}, "student": {"student_model": "resnet8"},
-        "methods": {"kd": {"kd": {}}, "fam v2": {"fam": {}}}, "teacher_cache": "all",
+        "methods": {"kd": {"kd": {}}, "fam v2": {"fam": {}}, "fam long": {"methods": {"fam": {}}, "max_steps": 4}},
+        "teacher_cache": "all",
     }
     config = benchmark_config_from_dict(values)
-    kd, fam = config.methods
-    assert config.student_run_config(fam, 3)["teacher_cache"] == str(Path("b") / "teacher_cache" / "seed3" / "fam_v2")
+    kd, fam, fam_long = config.methods
+    config.shared_cache_layers = ["layer1", "layer2"]
+    shared = str(Path("b") / "teacher_cache" / "seed3" / "shared")
+    for method in (kd, fam):
+        assert config.student_run_config(method, 3)["teacher_cache"] == shared
+        assert config.student_run_config(method, 3)["teacher_cache_layers"] == ["layer1", "layer2"]
     assert config.student_run_config(fam, 3)["teacher_cache_features"] is True
     assert "teacher_cache_features" not in config.student_run_config(kd, 3)
+    # Another schedule draws other views: a cache of its own.
+    assert config.student_run_config(fam_long, 3)["teacher_cache"] == str(Path("b") / "teacher_cache" / "seed3" / "fam_long")
+    assert "teacher_cache_layers" not in config.student_run_config(fam_long, 3)
+
+
+def test_teacher_cache_all_gives_the_online_results_from_one_cache_per_seed(tmp_path):
+    # kd reads logits, fam_l2l layer1 and freekd (with stage-1 prompts) layer3 of the teacher:
+    # one cache per seed holds all of them, and every run equals its online twin.
+    methods = {
+        "kd": {"ce": {"weight": 0.1}, "kd": {"weight": 0.9}},
+        "fam_l2l": {"fam_l2l": {"student_layers": ["layer1"], "teacher_layers": ["layer1"]}},
+        "freekd": {"freekd": {"prompt_steps": 2, "prompt_batch_size": 8, "prompt_report_batches": 1}},
+    }
+    online = run_quality_benchmark(load_benchmark_config(write_config(tmp_path, methods=methods), output_dir=str(tmp_path / "online")))
+    config = load_benchmark_config(write_config(tmp_path, methods=methods, teacher_cache="all"), output_dir=str(tmp_path / "cached"))
+    cached = run_quality_benchmark(config)
+    shared = tmp_path / "cached" / "teacher_cache" / "seed0" / "shared"
+    assert sorted(cached.cache_seconds) == [str(shared)]
+    assert sorted(path.name for path in shared.parent.iterdir()) == ["shared"]
+    assert config.shared_cache_layers == ["layer1", "layer3"]
+    for row_online, row_cached in zip(online.rows, cached.rows, strict=True):
+        assert (row_online["method"], row_online["seed"]) == (row_cached["method"], row_cached["seed"])
+        assert row_cached["top1"] == pytest.approx(row_online["top1"], abs=1e-9)
 
 
 @pytest.mark.parametrize(

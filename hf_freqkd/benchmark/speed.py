@@ -32,9 +32,9 @@ The memory processes run with glibc's mmap threshold fixed at 128 KiB (``MALLOC_
 :data:`MEMORY_ALLOCATOR_ENV`): every tensor above that size gets its own mapping, returned to the
 OS when the tensor is freed, so RSS follows the memory the step holds alive. By default glibc
 raises the threshold after the first large free and serves later tensors from heaps it keeps; the
-peak then measured what the heaps had retained, and the limit of ResNet32x4 -> ResNet8x4 read
-337 to 440 MiB over four identical processes, against 190 MiB in each of four with the fixed
-threshold. Time is measured in another process, with the allocator as it is by default. The
+peak then measured what the heaps had retained, and varied by a third between identical processes
+(``benchmarks/bench_memory_measurement.py`` measures both ways; its figures are in
+docs/benchmarks.md). Time is measured in another process, with the allocator as it is by default. The
 benchmark runs on the CPU; on a GPU the same question is answered by
 ``torch.cuda.max_memory_allocated``, which this command does not measure yet.
 """

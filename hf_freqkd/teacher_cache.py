@@ -204,7 +204,7 @@ class TeacherCache:
             held = ", ".join(self.feature_names) or "none"
             differences.append(
                 f"no teacher feature(s) {', '.join(missing)} (it holds: {held}); the run's methods read them, so build the cache "
-                "with teacher_cache_features: true"
+                "with teacher_cache_features: true (or teacher_cache_layers listing them)"
             )
         if differences:
             raise ConfigError(

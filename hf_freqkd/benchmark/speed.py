@@ -135,8 +135,9 @@ def _build(pair: PairSpec, seed: int):
 
 
 def measure(job: dict[str, Any]) -> dict[str, Any]:
-    """Run in the worker process: peak memory of ``job['method']`` (or the limit) over
-    ``memory_steps`` steps when that is > 0, then its timing when ``iterations`` is > 0."""
+    """Run in the worker process: the peak memory of ``job['method']`` (or the limit) over
+    ``memory_steps`` steps when ``iterations`` is 0, else its timing (:func:`measure_in_workers`
+    runs the two in separate processes)."""
     import torch
 
     from ..speed import time_step, training_steps
@@ -154,27 +155,21 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
             )
         return {"limit_ms": 1e3 * medians["limit"], "step_ms": 1e3 * medians["step"], "alone_ms": 1e3 * medians["alone"],
                 "peak_mib": float("nan"), "memory_source": "not measured"}
-    result = {}
-    if job["memory_steps"] > 0:
-        limit, method_step = training_steps(student, teacher, methods or {"ce": {}}, job["batch"], pair.image_size)
-        step = limit if methods is None else method_step
-        before = _rss_kib("VmRSS")
-        exact = _reset_peak_rss()
-        for _ in range(job["memory_steps"]):
-            step()
-        if exact and before is not None:
-            peak_kib, source = _rss_kib("VmHWM") - before, "VmHWM - VmRSS before the steps"
-        else:
-            peak_kib, source = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - (before or 0), "ru_maxrss - VmRSS before the steps"
-        threshold = os.environ.get("MALLOC_MMAP_THRESHOLD_")
-        result = {"peak_mib": peak_kib / 1024, "memory_source": source + (f", MALLOC_MMAP_THRESHOLD_={threshold}" if threshold else "")}
-        del limit, method_step, step
-    if methods is not None and job["iterations"] > 0:
-        if job["memory_steps"] > 0:  # time fresh models, not the ones the memory steps updated
-            student, teacher = _build(pair, 0)
+    if job["iterations"] > 0:
         timing = time_step(student, teacher, methods, job["batch"], pair.image_size, iterations=job["iterations"], warmup=job["warmup"])
-        result.update(limit_ms=1e3 * timing.limit_seconds, step_ms=1e3 * timing.step_seconds)
-    return result
+        return {"limit_ms": 1e3 * timing.limit_seconds, "step_ms": 1e3 * timing.step_seconds}
+    limit, method_step = training_steps(student, teacher, methods or {"ce": {}}, job["batch"], pair.image_size)
+    step = limit if methods is None else method_step
+    before = _rss_kib("VmRSS")
+    exact = _reset_peak_rss()
+    for _ in range(job["memory_steps"]):
+        step()
+    if exact and before is not None:
+        peak_kib, source = _rss_kib("VmHWM") - before, "VmHWM - VmRSS before the steps"
+    else:
+        peak_kib, source = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - (before or 0), "ru_maxrss - VmRSS before the steps"
+    threshold = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    return {"peak_mib": peak_kib / 1024, "memory_source": source + (f", MALLOC_MMAP_THRESHOLD_={threshold}" if threshold else "")}
 
 
 def measure_in_workers(job: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
@@ -184,7 +179,7 @@ def measure_in_workers(job: dict[str, Any], timeout: float | None = None) -> dic
     memory = run_worker({**job, "iterations": 0}, timeout, MEMORY_ALLOCATOR_ENV)
     if "error" in memory or job["methods"] is None or job["iterations"] == 0:
         return memory
-    timing = run_worker({**job, "memory_steps": 0}, timeout)
+    timing = run_worker(job, timeout)
     return timing if "error" in timing else {**memory, **timing}
 
 

@@ -61,8 +61,11 @@ def export_student(
         raise ConfigError(f"export folder '{output_dir}' exists and is not a folder")
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    class_names = (record or {}).get("class_names")
     try:
         if is_transformers_model(student):
+            if class_names:
+                _name_transformers_classes(student, class_names)
             student.save_pretrained(staging)
         else:
             from timm.models import save_for_hf
@@ -70,11 +73,12 @@ def export_student(
             save_for_hf(
                 student,
                 str(staging),
+                model_config={"label_names": list(class_names)} if class_names else None,
                 model_args=_architecture_args(getattr(student, "hf_freqkd_model_args", None)),
                 data_config=_data_config(record),
                 safe_serialization=True,
             )
-            _make_loadable_by_transformers(staging / "config.json")
+            _make_loadable_by_transformers(staging / "config.json", student, class_names)
         if record is not None:
             from .model_card import write_model_card
 
@@ -97,27 +101,50 @@ def _architecture_args(model_kwargs: dict[str, Any] | None) -> dict[str, Any]:
     return {key: value for key, value in (model_kwargs or {}).items() if key not in _LOADING_ARGS}
 
 
-def _make_loadable_by_transformers(config_file: Path) -> None:
-    """Leave the class count to the root ``num_classes`` alone, where both loaders read it.
+def _make_loadable_by_transformers(config_file: Path, student: nn.Module, class_names: list[str] | None) -> None:
+    """Complete timm's ``config.json`` so that transformers loads the export and its pipelines name the classes.
 
-    timm records ``num_classes`` in ``model_args`` too; transformers' TimmWrapper passes its own
-    ``num_classes=num_labels`` next to ``**model_args`` and fails with "got multiple values for
-    keyword argument 'num_classes'". timm takes the count from the root key without it.
+    * ``id2label`` / ``label2id`` beside timm's ``label_names``: both libraries' keys for the class names.
+    * The class count is left to the root ``num_classes`` alone, where both loaders read it: timm records
+      it in ``model_args`` too, and transformers' TimmWrapper passes its own ``num_classes=num_labels``
+      next to ``**model_args`` ("got multiple values for keyword argument 'num_classes'").
+    * A network only hf_freqkd registers carries its modeling code and names it in ``auto_map``
+      (:mod:`hf_freqkd.remote_code`).
+    * Segmentation networks and detectors: timm's "squash" crop mode, the resize to the input size
+      their evaluation used, so that the image processor built from ``pretrained_cfg`` prepares images
+      as hf_freqkd evaluated them.
     """
+    from .remote_code import is_registered_by_hf_freqkd, write_remote_code
+    from .tasks import task_for_model
+
     config = json.loads(config_file.read_text())
     model_args = config.get("model_args") or {}
-    if "num_classes" not in model_args:
-        return
-    if model_args["num_classes"] != config.get("num_classes"):
-        raise ModelError(
-            f"the student's model_args say {model_args['num_classes']} classes but its config {config.get('num_classes')}"
-        )
-    del model_args["num_classes"]
-    if model_args:
-        config["model_args"] = model_args
-    else:
-        config.pop("model_args")
+    if "num_classes" in model_args:
+        if model_args["num_classes"] != config.get("num_classes"):
+            raise ModelError(
+                f"the student's model_args say {model_args['num_classes']} classes but its config {config.get('num_classes')}"
+            )
+        del model_args["num_classes"]
+        if model_args:
+            config["model_args"] = model_args
+        else:
+            config.pop("model_args")
+    if class_names:
+        config["id2label"] = {str(index): name for index, name in enumerate(class_names)}
+        config["label2id"] = {name: index for index, name in enumerate(class_names)}
+    task = task_for_model(student)
+    if task.squashes_images:
+        config["pretrained_cfg"]["crop_mode"] = "squash"
+    if task.remote_code_classes and is_registered_by_hf_freqkd(config.get("architecture")):
+        config["auto_map"] = write_remote_code(config_file.parent, *task.remote_code_classes)
     config_file.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _name_transformers_classes(student: nn.Module, class_names: list[str]) -> None:
+    """Set a transformers student's ``id2label`` / ``label2id`` (saved in its ``config.json``)."""
+    model = student.model if getattr(student, "is_detection_model", False) else student  # a TransformersDetector
+    model.config.id2label = dict(enumerate(class_names))
+    model.config.label2id = {name: index for index, name in enumerate(class_names)}
 
 
 def _data_config(record: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -142,21 +142,23 @@ def _undefined(value: Any, task) -> bool:
     return task.undefined_metric_value is not None and value == task.undefined_metric_value
 
 
-def registered_by_hf_freqkd(architecture: str | None) -> bool:
-    """True when ``architecture`` is a timm name hf_freqkd registers (CIFAR zoo, ``segfpn_*``, detectors):
-    timm builds it only after ``import hf_freqkd``."""
-    import timm
-    from timm.models import model_entrypoint
-
-    if not architecture or not timm.is_model(architecture):
-        return False
-    return model_entrypoint(architecture).__module__.split(".")[0] == "hf_freqkd"
-
-
 def _is_timm_name(name: str) -> bool:
     import timm
 
     return timm.is_model(name)
+
+
+def _distilled(record: dict[str, Any]) -> bool:
+    """True when a teacher taught the student: a distill run whose methods read a teacher.
+
+    ``hf-freqkd distill`` with ``methods: {ce: {}}`` (the student-alone row of a benchmark) has no teacher.
+    """
+    if "distilled" in record:
+        return bool(record["distilled"])
+    config = record.get("config", {})
+    return record.get("mode", "distill") == "distill" and bool(config.get("teacher_model")) and any(
+        name != "ce" for name in config.get("methods") or {}
+    )
 
 
 def build_model_card(record: dict[str, Any], library_name: str, model_name: str | None = None) -> ModelCard:
@@ -166,19 +168,18 @@ def build_model_card(record: dict[str, Any], library_name: str, model_name: str 
     config = record.get("config", {})
     training = record.get("training", {})
     metrics = record.get("metrics", {}) or {}
-    mode = record.get("mode", "distill")
+    distilled = _distilled(record)
     task = get_task(config.get("task") or "classification")
     student = public_model_name(config.get("student_model")) or "student"
-    teacher_source = config.get("teacher_model") if mode == "distill" else None
-    teacher = public_model_name(teacher_source)
+    teacher_source = config.get("teacher_model") if distilled else None
     dataset = _dataset_names(config.get("dataset"), config.get("dataset_config_name"))
     methods = _resolved_methods(config.get("methods") or {})
-    if mode == "teacher":
+    if not distilled:
         methods = {name: options for name, options in methods.items() if name == "ce"}
     model_name = model_name or f"{Path(student).name}-{'-'.join(n for n in methods if n != 'ce') or 'ce'}"
 
     tags = ["hf_freqkd", task.pipeline_tag]
-    if mode == "distill":
+    if distilled:
         tags.append("knowledge-distillation")
     tags += [name for name in methods if name != "ce"]
     if library_name == "timm":
@@ -193,33 +194,128 @@ def build_model_card(record: dict[str, Any], library_name: str, model_name: str 
         eval_results=_eval_results(metrics, dataset.name, config.get("dataset_config_name"), config.get("eval_split"), task)
         or None,
     )
-    body = _card_body(record, library_name, model_name, task, student, teacher, dataset, methods, training, metrics)
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+    lines = [f"# {model_name}", "", _summary(record, task, student, teacher_source, dataset, methods, distilled), ""]
+    lines += _history(record)
+    lines += _classes_section(record.get("class_names"))
+    lines += _usage_section(library_name, task, student)
+    lines += _training_section(record, task, student, teacher_source, dataset, methods, training, distilled)
+    lines += _evaluation_section(metrics, task)
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n" + "\n".join(lines))
 
 
-def _card_body(record, library_name, model_name, task, student, teacher, dataset, methods, training, metrics) -> str:
-    mode = record.get("mode", "distill")
-    config = record.get("config", {})
-    lines = [f"# {model_name}", ""]
-    if mode == "distill":
-        method_names = ", ".join(n for n in methods if n != "ce") or "ce"
-        lines.append(
-            f"{task.card_title} {_quoted(student)} distilled from the teacher {_quoted(teacher)} with {method_names} "
+def _teacher_phrase(source: str | None) -> str:
+    """How the card names the teacher: its Hub id (linked), a timm name, or a local model by architecture."""
+    repo_id = hub_model_id(source)
+    if repo_id:
+        return f"the teacher [`{repo_id}`](https://huggingface.co/{repo_id})"
+    if not source:
+        return "a teacher"  # a record written by hand without the teacher's name
+    location = source.split(":", 1)[1] if source.startswith(("timm:", "transformers:")) else source
+    if _is_local_path(location):
+        architecture = public_model_name(source)
+        known = "" if architecture == UNKNOWN_LOCAL_MODEL else f" of architecture `{architecture}`"
+        return f"a local teacher{known} (not published)"
+    return f"the teacher `{source}`"
+
+
+def _summary(record, task, student, teacher_source, dataset, methods, distilled) -> str:
+    if distilled:
+        method_names = ", ".join(n for n in methods if n != "ce")
+        sentence = (
+            f"{task.card_title} {_quoted(student)} distilled with {method_names} from {_teacher_phrase(teacher_source)} "
             f"on {_quoted(dataset.name)}, trained with hf_freqkd on the Hugging Face `Trainer`."
         )
-    else:
-        lines.append(
-            f"{task.card_title} {_quoted(student)} trained with {task.label_loss} on {_quoted(dataset.name)} (an hf_freqkd teacher run)."
-        )
-    lines += ["", "## Use", "", "```python"]
-    if library_name == "timm":
-        lines.append("import timm")
-        if registered_by_hf_freqkd(student):
-            lines.append(f"import hf_freqkd  # registers {student} in timm: needed before loading")
-        elif not _is_timm_name(student):
-            lines.append(
-                "import hf_freqkd  # only needed for the architectures it registers (CIFAR zoo, segfpn_*, detectors)"
+        if record.get("config", {}).get("teacher_cache"):
+            sentence += (
+                " The teacher's outputs were read from a cache built before training, holding its outputs for exactly "
+                "the augmented images each epoch drew: the same values running the teacher gives."
             )
+        return sentence
+    role = " (an hf_freqkd `train-teacher` run: a teacher for distillation)" if record.get("mode") == "teacher" else ""
+    return (
+        f"{task.card_title} {_quoted(student)} trained alone, with {task.label_loss} on the labels and no teacher, "
+        f"on {_quoted(dataset.name)}{role}."
+    )
+
+
+def _history(record) -> list[str]:
+    """What happened to the run beyond a straight training: a resume, an export from a checkpoint."""
+    lines = []
+    if record.get("resumed_from"):
+        lines.append(
+            f"Training was interrupted and resumed from `{record['resumed_from']}`; hf_freqkd resumes exactly "
+            "(weights, optimiser, schedule, data order and augmentation), so the weights are those of an uninterrupted run."
+        )
+    if record.get("checkpoint"):
+        lines.append(
+            f"These weights are the Trainer checkpoint `{record['checkpoint']}`, exported after the run, not the end of "
+            "training; the evaluation below is the last one logged up to it."
+        )
+    return [*lines, ""] if lines else []
+
+
+#: classes a card lists by name before it says how many more there are
+CARD_CLASSES_SHOWN = 100
+
+
+def _classes_section(class_names: list[str] | None) -> list[str]:
+    if not class_names:
+        return []
+    shown = ", ".join(f"`{index}` {name}" for index, name in enumerate(class_names[:CARD_CLASSES_SHOWN]))
+    more = f", ... ({len(class_names) - CARD_CLASSES_SHOWN} more)" if len(class_names) > CARD_CLASSES_SHOWN else ""
+    return [
+        "## Classes",
+        "",
+        f"{len(class_names)} classes, by class id: {shown}{more}. `config.json` holds them all (timm's `label_names`, "
+        "transformers' `id2label`), so pipelines answer with these names.",
+        "",
+    ]
+
+
+def _usage_section(library_name: str, task, student: str) -> list[str]:
+    """The lines that load the model and run the task's pipeline, for the way this export loads."""
+    from .remote_code import MODELING_FILE, is_registered_by_hf_freqkd
+
+    repo = '"<repo id or path>"'
+    remote = library_name == "timm" and task.remote_code_classes is not None and is_registered_by_hf_freqkd(student)
+    transformers_loads = library_name == "transformers" or remote or task.transformers_loads_timm_exports
+    trust = ", trust_remote_code=True" if remote else ""
+    lines = ["## How to use", ""]
+    if transformers_loads:
+        auto_class = task.remote_code_classes[0] if remote else (task.transformers_auto_class or "AutoModel")
+        lines += [
+            "```python",
+            "from transformers import pipeline",
+            "",
+            f"predict = pipeline(\"{task.pipeline_tag}\", model={repo}{trust})",
+            f"predict(\"image.jpg\")  # {task.pipeline_output}",
+            "```",
+            "",
+            "The network and its image processor (the resize and normalisation it was evaluated with):",
+            "",
+            "```python",
+            f"from transformers import AutoImageProcessor, {auto_class}",
+            "",
+            f"processor = AutoImageProcessor.from_pretrained({repo}{trust})",
+            f"model = {auto_class}.from_pretrained({repo}{trust}).eval()",
+            "outputs = model(**processor(image, return_tensors=\"pt\"))  # image: a PIL image",
+            "```",
+            "",
+        ]
+    if remote:
+        lines += [
+            f"`{student}` is a network hf_freqkd registers in timm. This repository carries its code "
+            f"(`{MODELING_FILE}` and hf_freqkd's network files, which import only torch, timm and torchvision), so "
+            "transformers builds it without hf_freqkd; `trust_remote_code=True` lets it run that code: read it first. "
+            "With hf_freqkd installed, timm loads it too:",
+            "",
+        ]
+    if library_name == "timm":
+        lines += ["```python", "import timm"]
+        if remote:
+            lines.append(f"import hf_freqkd  # registers {student} in timm")
+        elif not _is_timm_name(student):
+            lines.append("import hf_freqkd  # only needed for the architectures it registers (CIFAR zoo, segfpn_*, detectors)")
         lines += [
             "",
             'model = timm.create_model("hf-hub:<repo id>", pretrained=True).eval()',
@@ -227,27 +323,25 @@ def _card_body(record, library_name, model_name, task, student, teacher, dataset
         ]
         if task.card_usage:
             lines += ["", *task.card_usage.splitlines()]
-        if task.transformers_auto_class and task.transformers_loads_timm_exports:
-            # transformers loads timm exports through its TimmWrapper classes; they build the
-            # architecture by name with timm, hence the import above for the CIFAR zoo.
-            lines += [
-                f"# or with transformers: from transformers import {task.transformers_auto_class}",
-                f'# model = {task.transformers_auto_class}.from_pretrained("<repo id or path>").eval()',
-            ]
-    else:
-        auto_class = task.transformers_auto_class or "AutoModel"
-        lines += [
-            f"from transformers import {auto_class}",
-            "",
-            f'model = {auto_class}.from_pretrained("<repo id or path>").eval()',
-        ]
-    lines += ["```", "", "## Training", ""]
-    if mode == "distill":
+        lines += ["```", ""]
+    return lines
+
+
+def _training_section(record, task, student, teacher_source, dataset, methods, training, distilled) -> list[str]:
+    config = record.get("config", {})
+    lines = ["## Training", ""]
+    if distilled:
         # A checkpoint is a local file: its name says which one, its folder is nobody else's business.
         checkpoint = config.get("teacher_checkpoint")
+        teacher = public_model_name(teacher_source)
+        local = " (a local model)" if teacher_source and _is_local_path(str(teacher_source).split(":", 1)[-1]) else ""
         lines.append(
-            f"- Teacher: {_quoted(teacher)}" + (f" (weights: `{Path(str(checkpoint)).name}`)" if checkpoint else "")
+            f"- Teacher: {_quoted(teacher)}{local}" + (f" (weights: `{Path(str(checkpoint)).name}`)" if checkpoint else "")
         )
+        if config.get("teacher_cache"):
+            lines.append("- Teacher outputs: read from a teacher cache (`teacher_cache`), exact")
+    else:
+        lines.append("- Teacher: none (trained alone)")
     lines.append(f"- Student: {_quoted(student)}")
     lines.append(
         f"- Dataset: {_quoted(dataset.name)}"
@@ -260,7 +354,7 @@ def _card_body(record, library_name, model_name, task, student, teacher, dataset
         ("distill_warmup_steps", "Distillation warm-up (steps)"),
         ("distill_warmup_epochs", "Distillation warm-up (epochs)"),
     ):
-        if config.get(key):
+        if distilled and config.get(key):
             lines.append(f"- {label}: {config[key]}")
     lines += ["", f"Methods and options (`ce` is the ground-truth term: {task.label_loss}):", "", "```yaml"]
     lines.append(yaml.safe_dump(methods, sort_keys=False, default_flow_style=False).rstrip())
@@ -269,20 +363,25 @@ def _card_body(record, library_name, model_name, task, student, teacher, dataset
         lines += ["| Recipe | Value |", "|---|---|"]
         lines += [f"| {key} | {value} |" for key, value in training.items() if value not in (None, "")]
         lines.append("")
-    if metrics:
-        shown = {key: value for key, value in metrics.items() if not key.endswith(("_runtime", "_per_second")) and key != "epoch"}
-        undefined = {key for key, value in shown.items() if key != "eval_loss" and _undefined(value, task)}
-        lines += ["## Evaluation", "", "| Metric | Value |", "|---|---|"]
-        for key, value in shown.items():
-            lines.append(f"| {key} | {'undefined' if key in undefined else round(value, 4) if isinstance(value, float) else value} |")
-        if undefined:
-            lines += [
-                "",
-                f"undefined: the metric has no value on this evaluation set (computed as {task.undefined_metric_value:g}, "
-                "e.g. the AP of an object size no evaluation image holds); the metadata leaves it out.",
-            ]
-        lines.append("")
-    return "\n".join(lines)
+    return lines
+
+
+def _evaluation_section(metrics, task) -> list[str]:
+    if not metrics:
+        return []
+    shown = {key: value for key, value in metrics.items() if not key.endswith(("_runtime", "_per_second")) and key != "epoch"}
+    undefined = {key for key, value in shown.items() if key != "eval_loss" and _undefined(value, task)}
+    lines = ["## Evaluation", "", "| Metric | Value |", "|---|---|"]
+    for key, value in shown.items():
+        lines.append(f"| {key} | {'undefined' if key in undefined else round(value, 4) if isinstance(value, float) else value} |")
+    if undefined:
+        lines += [
+            "",
+            f"undefined: the metric has no value on this evaluation set (computed as {task.undefined_metric_value:g}, "
+            "e.g. the AP of an object size no evaluation image holds); the metadata leaves it out.",
+        ]
+    lines.append("")
+    return lines
 
 
 def write_model_card(

@@ -19,7 +19,7 @@ from hf_freqkd.cli import main
 from hf_freqkd.export import export_run, export_student
 from hf_freqkd.run import run
 
-from .helpers import tiny_run_config
+from .helpers import exported_files, tiny_run_config
 
 
 def tiny_export_run(output_dir, **overrides) -> dict:
@@ -53,7 +53,8 @@ def test_export_from_a_checkpoint_reloads_with_timm_local_dir(cifar_run, tmp_pat
         main(["export", "--run", str(cifar_run), "--checkpoint", "checkpoint-1", "--to", str(tmp_path / "ckpt1")]) == 0
     )
     assert f"student exported to {tmp_path / 'ckpt1'}" in capsys.readouterr().out
-    assert sorted(p.name for p in (tmp_path / "ckpt1").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    # resnet8 is a CIFAR-zoo network: the export carries its modeling code (hf_freqkd.remote_code).
+    assert {p.name for p in (tmp_path / "ckpt1").iterdir()} == exported_files()
     exported = load_file(str(tmp_path / "ckpt1" / "model.safetensors"))
     assert not any(key.startswith(("methods", "student.", "teacher")) for key in exported)
 
@@ -234,7 +235,7 @@ def test_exported_files_hold_no_local_path(tmp_path):
         "checkpoint": "checkpoint-2",
     }
     folder = export_student(student, tmp_path / "published", record, model_name="resnet8-kd")
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert {p.name for p in folder.iterdir()} == exported_files()
     home = os.path.expanduser("~").rstrip("/") + "/"
     for file in folder.iterdir():
         content = file.read_bytes()

@@ -25,7 +25,7 @@ from hf_freqkd.push import push_run
 from hf_freqkd.run import prepare_run, run
 from hf_freqkd.tasks import get_task
 
-from .helpers import tiny_run_config
+from .helpers import exported_files, tiny_run_config
 from .hub_server import LoopbackHub
 
 DETECTOR_ARGS = {"score_threshold": 0.0, "detections_per_image": 10}
@@ -66,7 +66,7 @@ def detection_run(tmp_path_factory):
 def test_the_exported_detector_gives_the_runs_detections_with_timm_and_load_model(detection_run):
     output_dir, run_detections, batch = detection_run
     folder = output_dir / "student"
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert {p.name for p in folder.iterdir()} == exported_files()
     config = json.loads((folder / "config.json").read_text())
     assert config["architecture"] == "retinanet_resnet8" and config["num_classes"] == 3
     assert config["model_args"] == {**DETECTOR_ARGS, "in_chans": 3}  # the detector as it was built, thresholds included
@@ -131,14 +131,15 @@ def test_the_card_is_an_object_detection_card_with_the_defined_map_figures(detec
     assert {r.dataset_name for r in card.data.eval_results} == {"shapes_detection"}
 
     text = card.content
-    assert "Object detector `retinanet_resnet8` trained with its own detection losses on `shapes_detection`" in text
+    assert "Object detector `retinanet_resnet8` trained alone, with its own detection losses on the labels and no teacher, on `shapes_detection`" in text
     assert "| eval_map_large | undefined |" in text and "-1" not in text.split("## Evaluation")[1].split("undefined:")[0]
     # How to load it: timm (hf_freqkd registers the architecture), and what the forward returns.
     assert "import hf_freqkd  # registers retinanet_resnet8 in timm" in text
     assert 'timm.create_model("local-dir:<path>", pretrained=True)' in text
     assert "output.detections  # (B, N, 6) rows x1, y1, x2, y2, score, class" in text
-    assert "transformers" not in text.split("## Use")[1].split("## Training")[0]  # no AutoModel claim for a timm detector
-    assert "AutoModel" not in text
+    # and transformers, through the modeling code the export carries (hf_freqkd.remote_code)
+    assert 'pipeline("object-detection", model="<repo id or path>", trust_remote_code=True)' in text
+    assert 'AutoModelForObjectDetection.from_pretrained("<repo id or path>", trust_remote_code=True)' in text
 
 
 @pytest.fixture
@@ -160,7 +161,7 @@ def test_a_pushed_detector_has_an_object_detection_card_and_loads_back_by_repo_i
     folder, url = push_run(output_dir, "me/shapes-retinanet")
     assert folder == output_dir / "student" and url.startswith(f"{in_process_hub.endpoint}/me/shapes-retinanet/commit/")
     [commit] = in_process_hub.recorder.commits
-    assert sorted(commit.files) == ["README.md", "config.json", "model.safetensors"]
+    assert set(commit.files) == exported_files()
     uploaded = ModelCard(commit.files["README.md"].decode())
     assert uploaded.data.pipeline_tag == "object-detection"
     assert uploaded.data.model_name == "shapes_retinanet"

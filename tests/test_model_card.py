@@ -50,7 +50,7 @@ def test_metadata_names_library_tags_teacher_and_dataset(tmp_path):
 
 def test_body_states_teacher_methods_with_defaults_and_recipe():
     text = build_model_card(RECORD, "transformers").content
-    assert "distilled from the teacher `hf-hub:timm/resnet18.a1_in1k` with figkd" in text
+    assert "distilled with figkd from the teacher [`timm/resnet18.a1_in1k`](https://huggingface.co/timm/resnet18.a1_in1k)" in text
     assert "AutoModelForImageClassification.from_pretrained" in text
     # Every option, defaults filled in, not only what the config spelled out.
     figkd_block = text.split("figkd:")[1]
@@ -82,7 +82,7 @@ def test_teacher_run_card_without_metrics():
     card = build_model_card(record, "timm")
     assert "knowledge-distillation" not in card.data.tags
     assert not card.data.eval_results and card.data.base_model is None
-    assert "trained with cross-entropy" in card.content
+    assert "trained alone, with cross-entropy on the labels and no teacher" in card.content
 
 
 @pytest.mark.parametrize(
@@ -169,8 +169,8 @@ def test_a_card_holds_no_local_path(tmp_path):
     card = build_model_card({**RECORD, "config": config}, "timm")
     text = str(card)
     assert str(tmp_path) not in text and "/tmp" not in text
-    assert "distilled from the teacher `resnet20` with figkd on `my_images`" in text
-    assert "- Teacher: `resnet20` (weights: `teacher.safetensors`)" in text
+    assert "distilled with figkd from a local teacher of architecture `resnet20` (not published) on `my_images`" in text
+    assert "- Teacher: `resnet20` (a local model) (weights: `teacher.safetensors`)" in text
     assert "- Student: a local model" in text and "- Dataset: `my_images`: a local image folder" in text
     assert card.data.base_model is None and card.data.datasets is None
     assert card.data.eval_results[0].dataset_name == "my_images"
@@ -181,7 +181,7 @@ def test_a_local_transformers_teacher_is_named_by_its_architecture(tmp_path):
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit", "architectures": ["ViTForImageClassification"]}))
     record = {**RECORD, "config": {**RECORD["config"], "teacher_model": f"transformers:{tmp_path}"}}
-    assert "distilled from the teacher `ViTForImageClassification`" in build_model_card(record, "transformers").text
+    assert "from a local teacher of architecture `ViTForImageClassification` (not published)" in build_model_card(record, "transformers").text
 
 
 def test_the_card_asks_the_run_task_for_tag_title_and_metrics():
@@ -212,21 +212,21 @@ def test_the_card_asks_the_run_task_for_tag_title_and_metrics():
 def test_a_timm_classifier_card_shows_both_loaders():
     text = build_model_card(RECORD, "timm").text
     assert 'timm.create_model("hf-hub:<repo id>", pretrained=True)' in text
-    assert 'AutoModelForImageClassification.from_pretrained("<repo id or path>")' in text
+    assert 'AutoModelForImageClassification.from_pretrained("<repo id or path>", trust_remote_code=True)' in text
 
 
 @pytest.mark.parametrize(
     "student, import_line",
     [
-        ("resnet8", "import hf_freqkd  # registers resnet8 in timm: needed before loading"),  # the CIFAR zoo
-        ("fcos_resnet18", "import hf_freqkd  # registers fcos_resnet18 in timm: needed before loading"),
+        ("resnet8", "import hf_freqkd  # registers resnet8 in timm"),  # the CIFAR zoo
+        ("fcos_resnet18", "import hf_freqkd  # registers fcos_resnet18 in timm"),
         ("resnet18", None),  # timm's own architecture: timm alone loads it
         ("hf-hub:me/unknown", "import hf_freqkd  # only needed for the architectures it registers"),
     ],
 )
 def test_the_usage_snippet_imports_hf_freqkd_when_it_registers_the_architecture(student, import_line):
     text = build_model_card({**RECORD, "config": {**RECORD["config"], "student_model": student}}, "timm").text
-    snippet = text.split("## Use")[1].split("## Training")[0]
+    snippet = text.split("## How to use")[1].split("## Training")[0].split("```python\nimport timm")[1]
     if import_line is None:
         assert "hf_freqkd" not in snippet
     else:
@@ -244,7 +244,7 @@ def test_a_distilled_detector_card_skips_undefined_ap_and_names_its_methods():
     assert card.data.pipeline_tag == "object-detection"
     assert {"knowledge-distillation", "freekd", "object-detection"} <= set(card.data.tags)
     assert [(r.metric_type, r.metric_value) for r in card.data.eval_results] == [("map", 0.4123), ("map_50", 0.7)]
-    assert "Object detector `retinanet_resnet8` distilled from the teacher `retinanet_resnet20` with freekd" in card.text
+    assert "Object detector `retinanet_resnet8` distilled with freekd from the teacher `retinanet_resnet20`" in card.text
     assert "| eval_map_large | undefined |" in card.text and "| eval_mar_100 | undefined |" in card.text
     table = card.text.split("## Evaluation")[1].split("undefined:")[0]
     assert "| eval_loss | 1.5 |" in table and "-1" not in table and "-1" not in card.data.to_yaml()

@@ -24,12 +24,13 @@ from hf_freqkd import DistillationConfig, DistillationTrainer
 from hf_freqkd.cli import main
 from hf_freqkd.export import RUN_RECORD, export_student
 
-from .helpers import tiny_run_config
+from .helpers import exported_files, tiny_run_config
 from .hub_server import FAKE_USER, LoopbackHub
 
 FAKE_TOKEN = "hf_FAKEconfigTOKENvalue0123456789"
 FAKE_ENV_TOKEN = "hf_FAKEenvTOKENvalue9876543210"
-EXPORT_FILES = ["README.md", "config.json", "model.safetensors"]
+#: a resnet8 export: weights, config, card and the modeling code of the CIFAR zoo (hf_freqkd.remote_code)
+EXPORT_FILES = sorted(exported_files())
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -118,6 +118,16 @@ def object_lists(objects: Any, column: str = "objects") -> tuple[list, list]:
     raise DataError(f"objects column '{column}' holds {repr(objects)[:200]}: expected a dict with 'bbox' and 'category' lists")
 
 
+def detection_class_names(dataset) -> list[str] | None:
+    """The category names of ``dataset``'s objects column when its category is a ``ClassLabel``, else None."""
+    for feature in (getattr(dataset, "features", None) or {}).values():
+        objects = _object_features(feature)
+        if objects is not None:
+            category = _innermost(objects["category"])
+            return list(category.names) if _is_class_label(category) else None
+    return None
+
+
 def count_detection_classes(dataset, objects_column: str) -> int:
     """The ``ClassLabel``'s number of names when the category is one, else the largest category + 1."""
     category = _innermost(_object_features(dataset.features[objects_column])["category"])

@@ -81,6 +81,12 @@ def parse_shapes_config(text: str | None) -> dict[str, int | bool]:
     return values
 
 
+def shapes_class_names(config_name: str | None) -> list[str]:
+    """The class names of the set ``config_name`` describes: the background, then its shape kinds."""
+    num_classes = parse_shapes_config(config_name).get("num_classes", 4)
+    return list(SHAPES_CLASS_NAMES[:num_classes])
+
+
 def draw_scene(rng: np.random.Generator, size: int, num_classes: int, max_shapes: int, ignore_border: bool):
     """One (RGB image, mask) pair of PIL images."""
     from PIL import Image

@@ -12,7 +12,11 @@ from torch import nn
 
 from timm.models import build_model_with_cfg, resolve_pretrained_cfg
 
-from ..errors import ModelError
+try:
+    from hf_freqkd.errors import ModelError
+except ImportError:
+    # This file also travels inside exported students (hf_freqkd.export), loaded without hf_freqkd.
+    ModelError = ValueError
 
 _WEIGHT_SOURCES = ("file", "url", "hf_hub_id", "state_dict")
 

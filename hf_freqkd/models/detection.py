@@ -41,8 +41,7 @@ from torch import nn
 
 from timm.models import generate_default_cfgs, register_model
 
-from ..errors import ModelError
-from .backbone_networks import create_on_backbone
+from .backbone_networks import ModelError, create_on_backbone
 
 FAMILIES = ("retinanet", "fcos", "fasterrcnn")
 #: class id of padding rows in labels and detections (the Trainer pads evaluation batches with it too)

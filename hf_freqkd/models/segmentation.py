@@ -31,8 +31,7 @@ from torch import nn
 
 from timm.models import generate_default_cfgs, register_model
 
-from ..errors import ModelError
-from .backbone_networks import create_on_backbone
+from .backbone_networks import ModelError, create_on_backbone
 
 #: variants registered as ``segfpn_<backbone>``: the CIFAR zoo's ResNets and timm's ImageNet ResNets
 BACKBONE_VARIANTS = ("resnet8", "resnet20", "resnet8x4", "resnet32x4", "resnet18", "resnet34", "resnet50")

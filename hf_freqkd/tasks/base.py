@@ -55,6 +55,8 @@ class Task:
     label_loss: ClassVar[str] = "cross-entropy"
     #: Python lines a model card's usage snippet adds after loading the model: what its forward returns
     card_usage: ClassVar[str] = ""
+    #: what transformers' pipeline for this task returns, for a model card's usage snippet
+    pipeline_output: ClassVar[str] = "[{'label': 'cat', 'score': 0.93}, ...]: the classes by softmax score"
     #: the rank of the labels of one training row: 0 for a class id, 2 for a (H, W) mask
     label_dims: ClassVar[int]
     #: what the rows must look like, for the message when they do not
@@ -67,6 +69,13 @@ class Task:
     #: True if transformers also loads this task's *timm* exports with that auto class (its TimmWrapper
     #: classes do for image classifiers only)
     transformers_loads_timm_exports: ClassVar[bool] = False
+    #: (transformers auto class, class of hf_freqkd/remote_code/modeling_hf_freqkd.py) an export of a network
+    #: only hf_freqkd registers names in its ``auto_map`` (see :mod:`hf_freqkd.remote_code`)
+    #: None when that code has no class for the task (a user's own task: its exports load with timm)
+    remote_code_classes: ClassVar[tuple[str, str] | None] = None
+    #: True when evaluation resizes each image to the input size whatever its aspect (timm's "squash" crop
+    #: mode, which the export's image processor then uses); False for timm's centre crop
+    squashes_images: ClassVar[bool] = False
     #: what ``hf-freqkd benchmark quality`` reports: (Trainer evaluation key without ``eval_``, short label),
     #: fractions shown in percent; the first is the headline its "vs ce" column and chart compare. The label
     #: also names the CSV / JSON column: "top-1" -> ``top1``, "pixel accuracy" -> ``pixel_accuracy``
@@ -110,6 +119,18 @@ class Task:
     def data_functions(self, train_data, data_args, num_classes: int | None = None) -> TaskData:
         """Columns, class count, transform and label check for ``train_data`` (implemented by each task)."""
         raise NotImplementedError
+
+    def class_names(self, dataset) -> list[str] | None:
+        """The class names ``dataset`` declares (its ``datasets.ClassLabel`` label column), or None.
+
+        ``dataset`` is a ``datasets`` split, raw or formatted (a transform keeps the features); any other
+        dataset declares none. Tasks whose labels are not a column of class ids override this.
+        """
+        import datasets
+
+        features = getattr(dataset, "features", None) or {}
+        labels = [feature for feature in features.values() if isinstance(feature, datasets.ClassLabel)]
+        return list(labels[0].names) if len(labels) == 1 else None
 
     @staticmethod
     def first_training_labels(dataset) -> torch.Tensor | None:

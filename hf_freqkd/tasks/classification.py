@@ -23,6 +23,7 @@ class ClassificationTask(Task):
     example_model = "resnet18"
     transformers_auto_class = "AutoModelForImageClassification"
     transformers_loads_timm_exports = True
+    remote_code_classes = ("AutoModelForImageClassification", "HfFreqKDImageClassifier")
     benchmark_metrics = (("accuracy", "top-1"), ("top5_accuracy", "top-5"))
 
     def matches(self, model: nn.Module) -> bool:

@@ -45,8 +45,17 @@ class DetectionTask(Task):
     label_dims = 2
     label_hint = "set task: detection in the config (an image column and an objects column with bbox and category)"
     example_model = "retinanet_resnet18 (hf_freqkd.models.detection)"
-    # RT-DETR / D-FINE students (hf_freqkd.models.transformers_detection); timm detectors load with timm only.
+    # RT-DETR / D-FINE students (hf_freqkd.models.transformers_detection); hf_freqkd's timm detectors through
+    # the modeling code their export carries (hf_freqkd.remote_code).
     transformers_auto_class = "AutoModelForObjectDetection"
+    remote_code_classes = ("AutoModelForObjectDetection", "HfFreqKDObjectDetector")
+    pipeline_output = "[{'score': 0.91, 'label': 'square', 'box': {'xmin': 3, 'ymin': 5, 'xmax': 20, 'ymax': 19}}, ...]"
+    squashes_images = True  # hf_freqkd.data.detection resizes image and boxes to the input size
+
+    def class_names(self, dataset) -> list[str] | None:
+        from ..data.detection import detection_class_names
+
+        return detection_class_names(dataset)
 
     def matches(self, model: nn.Module) -> bool:
         from ..models.detection import is_detection_model

@@ -36,6 +36,14 @@ class SegmentationTask(Task):
     label_hint = "set task: segmentation in the config (image + mask columns)"
     example_model = "segfpn_resnet18 (hf_freqkd.models.segmentation)"
     preprocess_logits_for_metrics = staticmethod(_class_per_pixel)
+    transformers_auto_class = "AutoModelForSemanticSegmentation"
+    remote_code_classes = ("AutoModelForSemanticSegmentation", "HfFreqKDSemanticSegmenter")
+    pipeline_output = "[{'label': 'circle', 'mask': <PIL image>, 'score': None}, ...]: a mask per class present"
+    squashes_images = True  # hf_freqkd.data.segmentation resizes image and mask to the input size
+
+    def class_names(self, dataset) -> list[str] | None:
+        # Masks hold class ids with no names; the generated set's are given by the run (hf_freqkd.run).
+        return None
 
     def matches(self, model: nn.Module) -> bool:
         from ..models.segmentation import is_segmentation_model

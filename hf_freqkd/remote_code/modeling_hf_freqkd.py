@@ -107,16 +107,17 @@ class HfFreqKDObjectDetector(TimmWrapperPreTrainedModel):
 class HfFreqKDImageProcessor(TimmWrapperImageProcessor):
     """timm's evaluation transform of the export's ``pretrained_cfg``, and the pipelines' post-processing.
 
-    A one-channel network gets its images in grayscale, as hf_freqkd fed them while training.
+    Images are converted to the network's channels first (grayscale for one, RGB for three), as
+    hf_freqkd converted them for training and evaluation: a grayscale photo works with an RGB network.
     """
 
     def preprocess(self, images, return_tensors="pt"):
-        channels = self.data_config["input_size"][0]
-        if channels == 1:
-            from transformers.image_utils import make_flat_list_of_images
+        if not isinstance(images, torch.Tensor):
             from transformers.image_transforms import to_pil_image
+            from transformers.image_utils import make_flat_list_of_images
 
-            images = [to_pil_image(image).convert("L") for image in make_flat_list_of_images(images)]
+            mode = "L" if self.data_config["input_size"][0] == 1 else "RGB"
+            images = [to_pil_image(image).convert(mode) for image in make_flat_list_of_images(images)]
         return super().preprocess(images, return_tensors=return_tensors)
 
     def post_process_semantic_segmentation(self, outputs, target_sizes=None) -> list[torch.Tensor]:

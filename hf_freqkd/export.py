@@ -136,7 +136,7 @@ def _make_loadable_by_transformers(config_file: Path, student: nn.Module, class_
     if task.squashes_images:
         config["pretrained_cfg"]["crop_mode"] = "squash"
     if task.remote_code_classes and is_registered_by_hf_freqkd(config.get("architecture")):
-        config["auto_map"] = write_remote_code(config_file.parent, *task.remote_code_classes)
+        config.update(write_remote_code(config_file.parent, task))
     config_file.write_text(json.dumps(config, indent=2) + "\n")
 
 

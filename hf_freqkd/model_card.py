@@ -334,7 +334,8 @@ def _training_section(record, task, student, teacher_source, dataset, methods, t
         # A checkpoint is a local file: its name says which one, its folder is nobody else's business.
         checkpoint = config.get("teacher_checkpoint")
         teacher = public_model_name(teacher_source)
-        local = " (a local model)" if teacher_source and _is_local_path(str(teacher_source).split(":", 1)[-1]) else ""
+        local = teacher_source and _is_local_path(str(teacher_source).split(":", 1)[-1]) and teacher != UNKNOWN_LOCAL_MODEL
+        local = " (a local model)" if local else ""
         lines.append(
             f"- Teacher: {_quoted(teacher)}{local}" + (f" (weights: `{Path(str(checkpoint)).name}`)" if checkpoint else "")
         )

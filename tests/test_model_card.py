@@ -249,3 +249,74 @@ def test_a_distilled_detector_card_skips_undefined_ap_and_names_its_methods():
     table = card.text.split("## Evaluation")[1].split("undefined:")[0]
     assert "| eval_loss | 1.5 |" in table and "-1" not in table and "-1" not in card.data.to_yaml()
     assert "`ce` is the ground-truth term: its own detection losses" in card.text
+
+
+# -- what the card says happened, case by case -------------------------------------------------
+
+_BASE = {"student_model": "resnet8", "dataset": "digits", "methods": {"ce": {}}, "image_size": 16}
+CARD_CASES = {
+    # case: (record, sentences the card must hold, phrases it must not)
+    "alone": (
+        {"mode": "distill", "config": _BASE},  # hf-freqkd distill with ce alone: the student-alone row
+        ["Image classifier `resnet8` trained alone, with cross-entropy on the labels and no teacher, on `digits`.",
+         "- Teacher: none (trained alone)"],
+        ["distilled", "the teacher", "an unnamed model", "knowledge-distillation", "train-teacher", "resumed"],
+    ),
+    "teacher run": (
+        {"mode": "teacher", "config": _BASE},
+        ["trained alone, with cross-entropy on the labels and no teacher, on `digits` (an hf_freqkd `train-teacher` run: a teacher for distillation)."],
+        ["distilled"],
+    ),
+    "distilled from the Hub": (
+        {"mode": "distill", "config": {**_BASE, "teacher_model": "hf-hub:me/resnet20-digits", "methods": {"ce": {}, "kd": {}}}},
+        ["Image classifier `resnet8` distilled with kd from the teacher [`me/resnet20-digits`](https://huggingface.co/me/resnet20-digits) on `digits`"],
+        ["trained alone", "local teacher", "cache"],
+    ),
+    "distilled from a local teacher": (
+        {"mode": "distill", "config": {**_BASE, "teacher_model": "./runs/teacher/student", "methods": {"ce": {}, "kd": {}}}},
+        ["distilled with kd from a local teacher (not published) on `digits`", "- Teacher: a local model\n"],
+        ["huggingface.co", "runs/teacher"],
+    ),
+    "cache-read teacher": (
+        {"mode": "distill", "config": {**_BASE, "teacher_model": "resnet20", "teacher_cache": "runs/cache", "methods": {"ce": {}, "kd": {}}}},
+        ["distilled with kd from the teacher `resnet20` on `digits`",
+         "The teacher's outputs were read from a cache built before training",
+         "- Teacher outputs: read from a teacher cache (`teacher_cache`), exact"],
+        ["runs/cache"],
+    ),
+    "resumed": (
+        {"mode": "distill", "resumed_from": "checkpoint-40", "config": {**_BASE, "teacher_model": "resnet20", "methods": {"ce": {}, "kd": {}}}},
+        ["Training was interrupted and resumed from `checkpoint-40`"],
+        ["These weights are the Trainer checkpoint"],
+    ),
+    "from a checkpoint": (
+        {"mode": "distill", "checkpoint": "checkpoint-8", "config": {**_BASE, "teacher_model": "resnet20", "methods": {"ce": {}, "kd": {}}}},
+        ["These weights are the Trainer checkpoint `checkpoint-8`, exported after the run"],
+        ["resumed"],
+    ),
+    "segmentation": (
+        {"mode": "distill", "class_names": ["background", "circle"],
+         "config": {**_BASE, "student_model": "segfpn_resnet8", "task": "segmentation", "dataset": "shapes_segmentation",
+                    "teacher_model": "segfpn_resnet20", "methods": {"ce": {}, "freekd": {}}}},
+        ["Segmentation network `segfpn_resnet8` distilled with freekd from the teacher `segfpn_resnet20`",
+         'pipeline("image-segmentation", model="<repo id or path>", trust_remote_code=True)',
+         "AutoModelForSemanticSegmentation", "2 classes, by class id: `0` background, `1` circle"],
+        ["AutoModelForImageClassification", "image-classification"],
+    ),
+    "detection alone": (
+        {"mode": "teacher", "config": {**_BASE, "student_model": "fcos_resnet8", "task": "detection", "dataset": "shapes_detection"}},
+        ["Object detector `fcos_resnet8` trained alone, with its own detection losses on the labels and no teacher",
+         'pipeline("object-detection", model="<repo id or path>", trust_remote_code=True)'],
+        ["distilled", "AutoModelForImageClassification"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CARD_CASES))
+def test_every_sentence_of_the_card_fits_what_happened(case):
+    record, present, absent = CARD_CASES[case]
+    text = build_model_card({"metrics": {}, **record}, "timm").text
+    for sentence in present:
+        assert sentence in text, f"{case}: missing {sentence!r}"
+    for phrase in absent:
+        assert phrase not in text, f"{case}: should not say {phrase!r}"

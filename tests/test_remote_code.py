@@ -58,6 +58,7 @@ def run_without_hf_freqkd(script: str, tmp_path: Path) -> dict:
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "hf_freqkd" not in result.stderr, result.stderr[-2000:]
+    assert "is not supported for" not in result.stderr  # the export's pipeline (custom_pipelines) knows its class
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

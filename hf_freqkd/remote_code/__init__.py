@@ -47,12 +47,27 @@ def is_registered_by_hf_freqkd(architecture: str | None) -> bool:
     return model_entrypoint(architecture).__module__.split(".")[0] == "hf_freqkd"
 
 
-def write_remote_code(folder: str | Path, auto_class: str, model_class: str) -> dict[str, str]:
-    """Copy the modeling file and the network files into ``folder``; return the ``auto_map`` naming
-    ``model_class`` (a class of ``modeling_hf_freqkd.py``) for ``auto_class`` and the image processor."""
+#: the pipeline class of ``modeling_hf_freqkd.py`` for each task's pipeline tag
+PIPELINE_CLASSES = {
+    "image-classification": "HfFreqKDImageClassificationPipeline",
+    "image-segmentation": "HfFreqKDImageSegmentationPipeline",
+    "object-detection": "HfFreqKDObjectDetectionPipeline",
+}
+
+
+def write_remote_code(folder: str | Path, task) -> dict[str, dict]:
+    """Copy the modeling file and the network files into ``folder``; return the ``config.json`` keys
+    that name their classes: ``auto_map`` (the task's model class and the image processor) and
+    ``custom_pipelines`` (the task's pipeline)."""
     folder = Path(folder)
     for relative in NETWORK_FILES:
         shutil.copyfile(_MODELS / relative, folder / Path(relative).name)
     shutil.copyfile(Path(__file__).resolve().parent / MODELING_FILE, folder / MODELING_FILE)
     module = MODELING_FILE.removesuffix(".py")
-    return {auto_class: f"{module}.{model_class}", "AutoImageProcessor": f"{module}.{IMAGE_PROCESSOR_CLASS}"}
+    auto_class, model_class = task.remote_code_classes
+    keys = {"auto_map": {auto_class: f"{module}.{model_class}", "AutoImageProcessor": f"{module}.{IMAGE_PROCESSOR_CLASS}"}}
+    if task.pipeline_tag in PIPELINE_CLASSES:
+        keys["custom_pipelines"] = {
+            task.pipeline_tag: {"impl": f"{module}.{PIPELINE_CLASSES[task.pipeline_tag]}", "pt": [auto_class]}
+        }
+    return keys

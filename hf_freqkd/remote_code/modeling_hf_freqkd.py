@@ -25,6 +25,7 @@ import timm
 import torch
 from torch import nn
 from transformers.modeling_outputs import SemanticSegmenterOutput
+from transformers.pipelines import ImageClassificationPipeline, ImageSegmentationPipeline, ObjectDetectionPipeline
 from transformers.models.timm_wrapper.image_processing_timm_wrapper import TimmWrapperImageProcessor
 from transformers.models.timm_wrapper.modeling_timm_wrapper import (
     TimmWrapperForImageClassification,
@@ -148,3 +149,26 @@ class HfFreqKDImageProcessor(TimmWrapperImageProcessor):
                 boxes = boxes * scale
             results.append({"scores": kept[:, 4], "labels": kept[:, 5].long(), "boxes": boxes})
         return results
+
+
+# -- pipelines ----------------------------------------------------------------------------------
+# ``config.json``'s ``custom_pipelines`` names these for the export's task. They are transformers'
+# pipelines as they are, except for the check that logs "The model ... is not supported": its list
+# holds transformers' own classes, never a class a repository carries.
+
+
+class _ExportPipeline:
+    def check_model_type(self, supported_models) -> None:
+        pass
+
+
+class HfFreqKDImageClassificationPipeline(_ExportPipeline, ImageClassificationPipeline):
+    pass
+
+
+class HfFreqKDImageSegmentationPipeline(_ExportPipeline, ImageSegmentationPipeline):
+    pass
+
+
+class HfFreqKDObjectDetectionPipeline(_ExportPipeline, ObjectDetectionPipeline):
+    pass

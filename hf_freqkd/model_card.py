@@ -364,6 +364,13 @@ def _training_section(record, task, student, teacher_source, dataset, methods, t
         lines += ["| Recipe | Value |", "|---|---|"]
         lines += [f"| {key} | {value} |" for key, value in training.items() if value not in (None, "")]
         lines.append("")
+    clipping = record.get("gradient_clipping") or {}
+    if clipping.get("max_grad_norm", 0) > 0 and clipping.get("steps"):
+        lines += [
+            f"Gradient clipping at a norm of {clipping['max_grad_norm']:g} acted on {clipping['clipped_steps']} of "
+            f"{clipping['steps']} optimizer steps ({100 * clipping['fraction']:.0f} %).",
+            "",
+        ]
     return lines
 
 
@@ -412,6 +419,8 @@ def training_recipe(args: Any) -> dict[str, Any]:
         "optimizer": plain(args.optim),
         "optimizer_args": args.optim_args,
         "weight_decay": args.weight_decay,
+        "weight_decay_on": getattr(args, "weight_decay_on", None),
+        "max_grad_norm": args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else "0 (no clipping)",
         "lr_scheduler": "step decay at epochs "
         + ", ".join(f"{e:g}" for e in args.lr_decay_epochs)
         + f" (x{args.lr_decay_rate:g})"

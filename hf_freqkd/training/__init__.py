@@ -1,5 +1,5 @@
 """Pieces a ``transformers.Trainer`` subclass mixes in: atomic checkpoints, the non-finite loss guard,
-named loss terms in the logs, and datasets that format their own rows.
+named loss terms in the logs, how often gradient clipping acted, and datasets that format their own rows.
 
 ``DistillationTrainer`` and FreeKD's ``PromptFittingTrainer`` share them. Two of them replace
 private Trainer methods; each such override is listed in :data:`PRIVATE_TRAINER_OVERRIDES` and
@@ -7,6 +7,7 @@ private Trainer methods; each such override is listed in :data:`PRIVATE_TRAINER_
 """
 
 from .checkpointing import CHECKPOINT_STAGING_DIR, AtomicCheckpoints
+from .clipping import ClippingSummary, GradientClippingCount, GradientClippingMonitor
 from .datasets import FormattedDatasets
 from .loss_terms import LossTermMeans
 from .nonfinite import NonFiniteLossError, NonFiniteLossGuard
@@ -16,11 +17,15 @@ PRIVATE_TRAINER_OVERRIDES: dict[str, tuple[str, ...]] = {
     "_save_checkpoint": ("self", "model", "trial"),
     "_get_output_dir": ("self", "trial"),
     "_remove_unused_columns": ("self", "dataset", "description"),
+    "_clip_grad_norm": ("self", "model"),
 }
 
 __all__ = [
     "AtomicCheckpoints",
     "CHECKPOINT_STAGING_DIR",
+    "ClippingSummary",
+    "GradientClippingCount",
+    "GradientClippingMonitor",
     "FormattedDatasets",
     "LossTermMeans",
     "NonFiniteLossError",

@@ -10,10 +10,14 @@ Checked before any model, data or file is touched:
   naming each key with its old and new value. Only where output goes, logging, evaluation, saving,
   the Hub and the devices may change, so the run record and model card always describe the weights
   they sit beside.
+
+Every command checks the paths it will write the same way before writing anything
+(:func:`check_output_path`): not a file where a folder goes, not below a file, writable.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -113,8 +117,7 @@ def check_output_dir(output_dir: str | Path, resume: Any = None, settings: dict[
             f"resume_from_checkpoint is true but output_dir '{output_dir}' holds no checkpoint-* folder; "
             "unset resume_from_checkpoint to start a new run, or set output_dir to the run to continue"
         )
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ConfigError(f"output_dir '{output_dir}' exists and is not a folder; choose a folder path")
+    check_output_path(output_dir, "output_dir")
     if resume:
         resumed_run = output_dir if resume is True else Path(resume).parent
         if settings is not None:
@@ -128,8 +131,51 @@ def check_output_dir(output_dir: str | Path, resume: Any = None, settings: dict[
                 else "choose another output_dir, or delete that folder to train again from scratch"
             )
             raise ConfigError(f"output_dir '{output_dir}' already holds a run ({', '.join(held)}); {hint}")
-    if output_dir.is_dir() and not os.access(output_dir, os.W_OK):
-        raise ConfigError(f"output_dir '{output_dir}' is not writable; fix its permissions or choose another output_dir")
+
+
+def check_output_path(path: str | Path, what: str, *, folder: bool = True) -> None:
+    """Refuse a path a command is about to write, before it writes anything: one that exists as the
+    other kind (a file where a folder goes, a folder where a file goes), one below a file, or one
+    that cannot be written (itself, or the nearest existing folder it would be created in).
+
+    Args:
+        path: the folder (or, with ``folder=False``, the file) the command writes.
+        what: the setting that named it, for the message (``output_dir``, ``--output-dir``, ``teacher_cache``).
+    """
+    path = Path(path).expanduser()
+    kind = "folder" if folder else "file"
+    if path.exists():
+        if path.is_dir() != folder:
+            raise ConfigError(f"{what} '{path}' exists and is not a {kind}; choose a {kind} path")
+        if not os.access(path, os.W_OK):
+            raise ConfigError(f"{what} '{path}' is not writable; fix its permissions or choose another {what}")
+        return
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"{what} '{path}' cannot be created: '{ancestor}' is a file, not a folder; choose another {what}")
+    if not os.access(ancestor, os.W_OK):
+        raise ConfigError(f"{what} '{path}' cannot be created: '{ancestor}' is not writable; fix its permissions or choose another {what}")
+
+
+def held_run_outputs(folder: str | Path) -> list[str]:
+    """What of a training run ``folder`` holds (checkpoints, an exported student), for a refusal; empty when none."""
+    folder = Path(folder)
+    checkpoints = sorted(p.name for p in folder.glob("checkpoint-*")) if folder.is_dir() else []
+    return _run_outputs(folder, checkpoints)
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(folder: str | Path):
+    """Remove ``folder`` after the block when the block created it and left it empty: transformers'
+    Trainer makes its ``output_dir`` when built, which a command writing elsewhere must not leave behind."""
+    existed = os.path.exists(folder)
+    try:
+        yield
+    finally:
+        if not existed and os.path.isdir(folder) and not os.listdir(folder):
+            os.rmdir(folder)
 
 
 def _run_outputs(output_dir: Path, checkpoints: list[str]) -> list[str]:

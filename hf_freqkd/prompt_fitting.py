@@ -479,6 +479,7 @@ def run_fit_prompts(config_path: str | None = None, overrides: list[str] | None 
     from .config import parse_config
     from .methods.base import options_from_dict
     from .models.loading import model_num_classes
+    from .output_dir import check_output_path
 
     args, model_args, data_args = parse_config(config_path, overrides)
     if "freekd" not in args.methods:
@@ -489,6 +490,7 @@ def run_fit_prompts(config_path: str | None = None, overrides: list[str] | None 
     options = options_from_dict(FreeKDOptions, args.methods["freekd"], "freekd")
     if options.masks != "prompts":
         raise MethodOptionsError(f"methods.freekd.masks is '{options.masks}': there are no prompts to fit; set masks: prompts and a prompts_path")
+    check_output_path(options.prompts_path, "methods.freekd.prompts_path", folder=False)
     train_dataset, report_dataset, num_classes = _load_data(args, model_args, data_args)
     teacher = load_teacher(None, args, [FreeKD(options)], num_classes)
     if model_num_classes(teacher) != num_classes:

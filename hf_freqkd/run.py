@@ -16,7 +16,7 @@ from .config import DataArguments, DistillationConfig, ModelArguments, config_to
 from .data.loading import load_image_dataset, pick_split, seeded_subset
 from .errors import BadInputError, ConfigError, DataError, HubUploadError, MethodOptionsError
 from .output_dir import RUN_RECORD  # noqa: F401  (re-exported: where a run's record lives)
-from .output_dir import check_output_dir, training_settings
+from .output_dir import check_output_dir, check_output_path, removed_if_left_empty, training_settings
 from .models.loading import load_model, resolve_input_config
 from .push import push_folder
 from .tasks import get_task
@@ -169,8 +169,11 @@ def run_cache_teacher(config_path: str | None = None, overrides: list[str] | Non
     args, _, _ = parse_config(config_path, overrides)
     if not args.teacher_cache:
         raise ConfigError("cache-teacher writes the folder named by teacher_cache: set teacher_cache in the config, or add teacher_cache=<folder>")
-    trainer, *_ = prepare_run("distill", config_path, overrides, check_output=False)
-    return trainer.build_teacher_cache()
+    check_output_path(args.teacher_cache, "teacher_cache")
+    # The run's output_dir is the distill run's, made by the Trainer when built: nothing of this command goes there.
+    with removed_if_left_empty(args.output_dir):
+        trainer, *_ = prepare_run("distill", config_path, overrides, check_output=False)
+        return trainer.build_teacher_cache()
 
 
 def run(mode: str, config_path: str | None = None, overrides: list[str] | None = None, defaults: dict[str, Any] | None = None) -> RunResult:

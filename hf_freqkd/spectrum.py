@@ -396,8 +396,18 @@ def _plot_features(plt, result: dict[str, Any], output_dir: Path, files: dict[st
 
 
 def run_spectrum(inputs: SpectrumInputs) -> dict[str, Any]:
-    """Compute, write ``spectrum.json`` and the PNGs into ``inputs.output_dir``; return the result."""
+    """Compute, write ``spectrum.json`` and the PNGs into ``inputs.output_dir``; return the result.
+
+    The output folder and the models are checked first, building nothing, so a bad one is refused
+    before the data and the other models are loaded and before anything is written."""
+    from .models.loading import check_model_source
+    from .output_dir import check_output_path
+
     output_dir = Path(inputs.output_dir)
+    check_output_path(output_dir, "--output-dir")
+    for source in (inputs.teacher, inputs.before, inputs.student):
+        if source:
+            check_model_source(source)
     result = compute_spectrum(inputs)
     output_dir.mkdir(parents=True, exist_ok=True)
     result["files"] = plot_spectrum(result, output_dir)

@@ -47,3 +47,18 @@ def write_run_config(path: str | Path, values: dict[str, Any]) -> Path:
     path = Path(path)
     path.write_text(yaml.safe_dump({key: value for key, value in values.items() if value is not None}))
     return path
+
+
+def refused_before_writing(argv: list[str], capsys, *never_written: Path) -> str:
+    """Run ``hf-freqkd argv``, which must refuse its input as bad: exit code 2, one error line (returned),
+    and none of ``never_written`` (what the command would write: its output folder, a cache, a file)
+    existing afterwards."""
+    from hf_freqkd.cli import main
+
+    code = main(argv)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2, lines
+    assert len(lines) == 1, lines
+    for path in never_written:
+        assert not path.exists(), f"{path} was written"
+    return lines[0]

@@ -19,6 +19,8 @@ from hf_freqkd.layers.frequency_prompts import FrequencyPrompts, band_masks, ini
 from hf_freqkd.methods.freekd import FreeKDOptions
 from hf_freqkd.prompt_fitting import PromptedTeacher, fit_prompts
 
+from .helpers import refused_before_writing
+
 INPUT_16 = {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear", "crop_pct": 1.0}
 
 
@@ -201,6 +203,21 @@ def test_fit_prompts_refuses_configs_without_prompts(tmp_path, capsys, methods, 
     config.write_text(yaml.safe_dump(values))
     assert main(["fit-prompts", "--config", str(config)]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("dataset={tmp}/no_such_images", "dataset '{tmp}/no_such_images' does not exist"),
+        ("teacher_model={tmp}/no_teacher", "model '{tmp}/no_teacher' does not exist"),
+        ("methods.freekd.prompts_path={tmp}", "methods.freekd.prompts_path '{tmp}' exists and is not a file"),
+    ],
+)
+def test_fit_prompts_refuses_missing_inputs_and_a_folder_as_prompts_file_before_writing(tmp_path, capsys, change, message):
+    prompts = tmp_path / "prompts" / "p.safetensors"
+    config = write_config(tmp_path, prompts_path=str(prompts))
+    line = refused_before_writing(["fit-prompts", "--config", str(config), change.format(tmp=tmp_path)], capsys, prompts.parent)
+    assert message.format(tmp=tmp_path) in line
 
 
 def test_stage_one_shares_the_frozen_teacher_and_the_nonfinite_guard(tmp_path, train_data):

@@ -11,6 +11,8 @@ from PIL import Image
 from hf_freqkd.cli import main
 from hf_freqkd.spectrum import logit_band_energy, radial_fft_energy, wavelet2d_band_energy
 
+from .helpers import refused_before_writing
+
 
 @pytest.fixture
 def fixed():
@@ -70,12 +72,23 @@ def test_spectrum_command_on_tiny_models(tmp_path, capsys):
     assert "detail bands" in capsys.readouterr().out
 
 
-def test_spectrum_command_rejects_unknown_layers_and_wavelets(tmp_path, capsys):
-    common = ["spectrum", "--teacher", "resnet8", "--student", "resnet8", "--samples", "4", "--image-size", "16", "--output-dir", str(tmp_path)]
-    assert main([*common, "--layers", "layer9"]) == 2
-    assert "layer 'layer9' does not exist" in capsys.readouterr().err
-    assert main([*common, "--wavelet", "morlet"]) == 2
-    assert "wavelet 'morlet'" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--layers", "layer9"], "layer 'layer9' does not exist"),
+        (["--wavelet", "morlet"], "wavelet 'morlet'"),
+        (["--data", "{tmp}/no_such_images"], "dataset '{tmp}/no_such_images' does not exist"),
+        (["--before", "{tmp}/no_student"], "model '{tmp}/no_student' does not exist"),
+        (["--teacher", "resnet9000"], "model 'resnet9000' is not a timm model name"),
+        (["--output-dir", "{tmp}/notes.txt/spectrum"], "--output-dir '{tmp}/notes.txt/spectrum' cannot be created: '{tmp}/notes.txt' is a file"),
+    ],
+)
+def test_bad_layers_wavelets_data_models_and_output_dirs_are_refused_before_writing(tmp_path, capsys, arguments, message):
+    (tmp_path / "notes.txt").write_text("")
+    out = tmp_path / "spectrum"
+    argv = ["spectrum", "--teacher", "resnet8", "--student", "resnet8", "--samples", "4", "--image-size", "16", "--output-dir", str(out)]
+    line = refused_before_writing([*argv, *(argument.format(tmp=tmp_path) for argument in arguments)], capsys, out, tmp_path / "notes.txt" / "spectrum")
+    assert message.format(tmp=tmp_path) in line
 
 
 DETECTION_DATA = ["--data", "shapes_detection", "--dataset-config-name", "num_train=8,num_test=8,image_size=32,num_classes=3,seed=0"]

@@ -27,6 +27,7 @@ from hf_freqkd.output_dir import training_settings
 from hf_freqkd.run import prepare_run
 from hf_freqkd.teacher_cache import CACHE_INDEX, VIEW_EPOCH, VIEW_ROW, TeacherCache, _memory_map_safetensors
 
+from .helpers import refused_before_writing
 from .test_checkpoints import overrides
 from .test_multiprocess import RUN as MULTIPROCESS_RUN
 from .test_multiprocess import launch
@@ -457,3 +458,26 @@ def test_cache_teacher_command_builds_then_reuses_and_needs_teacher_cache(tmp_pa
     assert main(["cache-teacher", *overrides({**BASE, "output_dir": str(tmp_path / "run")})]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("hf-freqkd cache-teacher: error: ") and "teacher_cache=<folder>" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"dataset": "{tmp}/no_such_images"}, "dataset '{tmp}/no_such_images' does not exist"),
+        ({"teacher_model": "{tmp}/no_teacher"}, "model '{tmp}/no_teacher' does not exist"),
+        ({"teacher_cache": "{tmp}/notes.txt/cache"}, "teacher_cache '{tmp}/notes.txt/cache' cannot be created: '{tmp}/notes.txt' is a file"),
+    ],
+)
+def test_cache_teacher_refuses_missing_inputs_before_writing_the_cache_or_the_runs_folder(tmp_path, capsys, change, message):
+    (tmp_path / "notes.txt").write_text("")
+    values = {**BASE, "output_dir": str(tmp_path / "run"), "teacher_cache": str(tmp_path / "cache")}
+    values.update({key: value.format(tmp=tmp_path) for key, value in change.items()})
+    line = refused_before_writing(["cache-teacher", *overrides(values)], capsys, tmp_path / "run", tmp_path / "cache", Path(values["teacher_cache"]))
+    assert message.format(tmp=tmp_path) in line
+
+
+def test_cache_teacher_leaves_no_empty_run_folder(tmp_path, capsys):
+    # transformers' Trainer makes output_dir when built; cache-teacher writes only the cache.
+    assert main(["cache-teacher", *overrides({**BASE, "max_train_samples": 16, "num_train_epochs": 1, "output_dir": str(tmp_path / "run"), "teacher_cache": str(tmp_path / "cache")})]) == 0
+    assert (tmp_path / "cache" / CACHE_INDEX).is_file()
+    assert not (tmp_path / "run").exists()

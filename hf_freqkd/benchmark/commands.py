@@ -78,6 +78,7 @@ def run_benchmark_command(args: argparse.Namespace) -> None:
         print("\n".join(summary_lines(result)))
         print("\n".join(f"wrote {path}" for path in result.files.values()))
     else:
+        from ..errors import TrainingError
         from .speed import run_speed_benchmark
 
         try:
@@ -86,6 +87,6 @@ def run_benchmark_command(args: argparse.Namespace) -> None:
                 warmup=args.warmup, memory_steps=args.memory_steps, threads=args.threads, image_size=args.image_size,
                 num_classes=args.num_classes, teacher_cache=args.teacher_cache,
             )
-        except RuntimeError as error:
-            raise ValueError(str(error)) from None
+        except RuntimeError as error:  # a measurement failed, after every input was checked
+            raise TrainingError(str(error)) from None
         print(f"wrote {args.output_dir}/speed.md, speed.csv, speed.png, speed.json")

@@ -116,6 +116,7 @@ def run_data_benchmark(
     import torch
 
     from ..data.loading import AUGMENTATIONS, detect_columns, load_image_dataset, pick_split
+    from ..output_dir import check_output_path
     from ..speed import time_interleaved
 
     for name, value in (("images", images), ("batch_size", batch_size), ("repeats", repeats), ("threads", threads)):
@@ -129,6 +130,7 @@ def run_data_benchmark(
         raise ConfigError(f"benchmark data: channels = {channels} is invalid: expected 1 or 3")
     if image_size is not None and image_size < 1:
         raise ConfigError(f"benchmark data: image_size = {image_size} is invalid: expected an integer >= 1")
+    check_output_path(output_dir, "--output-dir")
 
     splits = load_image_dataset(dataset, dataset_config_name)
     rows = splits[pick_split(list(splits), split, "benchmark", [split])]

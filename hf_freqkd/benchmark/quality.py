@@ -51,8 +51,9 @@ overrides changed any of them, the table lists each changed key with the config'
 value run (``student.num_train_epochs: 30 -> 5``) right under the description. With one seed a
 cell shows the value and ``(n=1)``: there is no standard deviation to report.
 
-Everything is validated before anything trains: unknown keys, unknown method names and bad
-options fail at once, naming the value. Each run's folder gets its resolved ``config.yaml``
+Everything is validated before anything trains or is written: unknown keys, unknown method names
+and bad options fail at once, naming the value, and so do the datasets, models, checkpoints and
+output folder of every run (:func:`check_run_inputs`). Each run's folder gets its resolved ``config.yaml``
 (``hf-freqkd distill --config <run>/config.yaml`` repeats it) and a ``bench_result.json``; a rerun
 of the benchmark reuses finished runs whose config is unchanged, so an interrupted benchmark
 continues where it stopped. Results: ``results.md`` (table), ``results.csv`` (every run),
@@ -71,14 +72,14 @@ import shlex
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ..config import apply_overrides, parse_config, read_yaml_config
-from ..errors import ConfigError, MethodOptionsError, MissingPathError
+from ..errors import BadInputError, ConfigError, MethodOptionsError, MissingPathError
 from ..tasks import Task, get_task
 
 BENCH_KEYS = ("name", "description", "output_dir", "seeds", "common", "teacher", "student", "methods", "teacher_cache")
@@ -408,10 +409,15 @@ def _method_run(label: str, entry: Any, where: str) -> MethodRun:
     return MethodRun(label=label, overrides=overrides, folder=folder)
 
 
+def _first_seed_runs(config: BenchmarkConfig) -> list[tuple[str, dict[str, Any]]]:
+    """(what, run config) of the teacher's run and of each label at the first seed: every setting the benchmark's runs differ in."""
+    runs = [] if config.teacher_model else [("teacher", config.teacher_run_config())]
+    return runs + [(f"method '{m.label}'", config.student_run_config(m, config.seeds[0])) for m in config.methods]
+
+
 def validate_runs(config: BenchmarkConfig) -> None:
     """Parse every run's config (teacher, each label at the first seed) so bad keys fail before training."""
-    runs = [] if config.teacher_model else [("teacher", config.teacher_run_config())]
-    runs += [(f"method '{m.label}'", config.student_run_config(m, config.seeds[0])) for m in config.methods]
+    runs = _first_seed_runs(config)
     for what, values in runs:
         try:
             parse_config(None, None, defaults=values)
@@ -429,6 +435,58 @@ def validate_runs(config: BenchmarkConfig) -> None:
         raise ConfigError(f"benchmark '{config.name}': the task '{task.name}' declares no benchmark_metrics to report")
     if config.teacher_model and not Path(config.teacher_model).is_dir():
         raise MissingPathError(f"teacher.model '{config.teacher_model}' is not a folder (expected an exported teacher, e.g. <run>/student)")
+
+
+def check_run_inputs(config: BenchmarkConfig) -> None:
+    """Every output folder, dataset, model and checkpoint the benchmark's runs name, checked before its
+    first file is written and its teacher trains: a bad dataset in the last label's overrides fails
+    now, not after the runs before it. Each distinct data setting is loaded and checked as its runs
+    load it (splits, columns, labels); models and checkpoints are resolved without being built."""
+    from ..models.loading import check_model_source, checkpoint_file
+    from ..output_dir import check_output_path, held_run_outputs
+    from ..run import load_run_data
+
+    check_output_path(config.output_dir, "output_dir")
+    held = held_run_outputs(config.output_dir)
+    if held:
+        raise ConfigError(
+            f"benchmark '{config.name}': output_dir '{config.output_dir}' holds a training run ({', '.join(held)}), "
+            "not a benchmark's results; choose another output_dir"
+        )
+    # The teacher this benchmark trains does not exist yet; its architecture is checked as the teacher run's model.
+    teacher_to_train = None if config.teacher_model else str(config.teacher_dir())
+    checked_data = set()
+    for what, values in _first_seed_runs(config):
+        try:
+            args, model_args, data_args = parse_config(None, None, defaults=values)
+            for model in (model_args.student_model, args.teacher_model):
+                if model and model != teacher_to_train:
+                    check_model_source(model)
+            for checkpoint in (model_args.student_checkpoint, args.teacher_checkpoint):
+                if checkpoint:
+                    checkpoint_file(checkpoint)
+            data_setting = json.dumps([asdict(data_args), model_args.num_classes, args.trust_remote_code], default=str)
+            if data_setting not in checked_data:
+                load_run_data(args, model_args, data_args)
+                checked_data.add(data_setting)
+        except BadInputError as error:
+            raise type(error)(f"benchmark '{config.name}', {what}: {error}") from None
+    _check_earlier_results(config)
+
+
+def _check_earlier_results(config: BenchmarkConfig) -> None:
+    """A run folder holding another config's result is refused before the first run, not when its turn comes."""
+    runs = [] if config.teacher_model else [config.teacher_run_config()]
+    for method in config.methods:
+        if method.needs_prompts:
+            runs.append(config.prompts_run_config(method))
+        for seed in config.seeds:
+            values = config.student_run_config(method, seed)
+            # A run reading the shared cache gets its teacher layers once they are found: checked when it runs.
+            if Path(values.get("teacher_cache") or "").name != SHARED_CACHE:
+                runs.append(values)
+    for values in runs:
+        _cached(Path(values["output_dir"]), values)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -528,7 +586,9 @@ def _build_teacher_cache(values: dict[str, Any], log) -> float:
 
 
 def run_quality_benchmark(config: BenchmarkConfig, log=print) -> BenchmarkResult:
-    """Train (or load) the teacher, run every method for every seed, write the table, CSV and chart."""
+    """Check every run's inputs (:func:`check_run_inputs`), train (or load) the teacher, run every
+    method for every seed, write the table, CSV and chart."""
+    check_run_inputs(config)
     config.output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     metrics = config.metrics

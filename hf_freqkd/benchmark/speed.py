@@ -55,6 +55,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError, ModelError
+from ..output_dir import check_output_path
+
 
 @dataclass(frozen=True)
 class PairSpec:
@@ -94,8 +97,22 @@ def parse_pair(text: str) -> tuple[str, PairSpec]:
         return text, PAIRS[text]
     teacher, sep, student = text.partition(":")
     if not sep or not teacher or not student:
-        raise ValueError(f"pair '{text}' is invalid: expected one of {', '.join(PAIRS)} or teacher:student (timm model names)")
+        raise ConfigError(f"pair '{text}' is invalid: expected one of {', '.join(PAIRS)} or teacher:student (timm model names)")
     return f"{teacher}-{student}", PairSpec(teacher, student)
+
+
+def check_pair_models(name: str, pair: PairSpec) -> None:
+    """Both models of a pair are timm names (the CIFAR zoo and the detectors included): the workers
+    build them with ``timm.create_model``, so anything else is refused before a worker starts."""
+    import timm
+
+    from ..models.loading import close_timm_names  # importing hf_freqkd registered the CIFAR zoo and detectors
+
+    for role, model in (("teacher", pair.teacher), ("student", pair.student)):
+        if not timm.is_model(model):
+            close = close_timm_names(model)
+            hint = f"; close timm names: {', '.join(close)}" if close else ""
+            raise ModelError(f"speed benchmark: pair '{name}': the {role} '{model}' is not a timm model name{hint}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,15 +276,17 @@ def run_speed_benchmark(
     methods = list(methods or METHODS)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"speed benchmark: unknown method {', '.join(map(repr, unknown))}; expected any of {', '.join(METHODS)}")
+        raise ConfigError(f"speed benchmark: unknown method {', '.join(map(repr, unknown))}; expected any of {', '.join(METHODS)}")
     for method in methods:
         normalize_method_specs(METHODS[method])  # registered?
     chosen = [parse_pair(p) for p in (pairs or list(PAIRS))]
+    for name, pair in chosen:
+        check_pair_models(name, pair)
     for name, value in (("batch", batch), ("iterations", iterations), ("memory_steps", memory_steps), ("threads", threads)):
         if value < 1:
-            raise ValueError(f"speed benchmark: {name} = {value} is invalid: expected an integer >= 1")
+            raise ConfigError(f"speed benchmark: {name} = {value} is invalid: expected an integer >= 1")
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    check_output_path(output_dir, "--output-dir")
     started = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -321,6 +340,7 @@ def run_speed_benchmark(
     settings = {"batch": batch, "iterations": iterations, "warmup": warmup, "memory_steps": memory_steps, "threads": threads,
                 "pairs": {name: asdict(spec) for name, spec in chosen}, "total_seconds": time.perf_counter() - started,
                 "load_average": os.getloadavg()[0]}
+    output_dir.mkdir(parents=True, exist_ok=True)  # only now: a benchmark that failed while measuring leaves nothing
     write_csv(rows, output_dir / "speed.csv")
     table = markdown_table(rows, settings)
     (output_dir / "speed.md").write_text(table + "\n")

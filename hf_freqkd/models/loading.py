@@ -66,8 +66,6 @@ def load_model(
     trust_remote_code: bool = False,
 ) -> nn.Module:
     """Create the model named by ``source`` (see module docstring) and load ``checkpoint`` if given."""
-    if not isinstance(source, str) or not source:
-        raise ModelError(f"model source {source!r} is invalid: expected a timm model name, a local folder or a Hub id")
     model_kwargs = dict(model_kwargs or {})
     library, location = _resolve_source(source)
     try:
@@ -90,9 +88,39 @@ def load_model(
     return model
 
 
+def check_model_source(source: str) -> None:
+    """Resolve ``source`` as :func:`load_model` does, building and downloading nothing, so that a
+    command refuses a missing folder, a folder that holds no saved model or an unknown name before it
+    writes anything. A Hub id must be in the Hugging Face cache while ``HF_HUB_OFFLINE=1`` is set, and
+    the Hub must answer otherwise; whether the repository exists is known only when it is loaded."""
+    library, location = _resolve_source(source)
+    if location.startswith(HUB_PREFIX):
+        repo_id = location[len(HUB_PREFIX):]
+    elif library == "transformers" and not os.path.isdir(location):
+        repo_id = location
+    else:
+        return
+    _refuse_unreachable_hub(source)
+    if is_hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        # Every model on the Hub that hf_freqkd loads, timm's or transformers', has a config.json.
+        if not isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+            raise ModelError(hub_offline_message("model", source, f"give {LOCAL_MODEL_SOURCES}"))
+
+
+def close_timm_names(name: str) -> list[str]:
+    """Registered timm names near ``name``, for the "did you mean" of a mistyped model."""
+    import timm
+
+    return difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+
+
 def _resolve_source(source: str) -> tuple[str, str]:
     import timm
 
+    if not isinstance(source, str) or not source:
+        raise ModelError(f"model source {source!r} is invalid: expected a timm model name, a local folder or a Hub id")
     if source.startswith(TIMM_PREFIX):
         return "timm", source[len(TIMM_PREFIX):]
     if source.startswith(TRANSFORMERS_PREFIX):
@@ -127,7 +155,7 @@ def _resolve_source(source: str) -> tuple[str, str]:
         raise missing_path_error("model", source, MODEL_SOURCES)
     if "/" in source:
         return "transformers", source
-    close = difflib.get_close_matches(source, timm.list_models(), n=5, cutoff=0.6)
+    close = close_timm_names(source)
     hint = f"; close timm names: {', '.join(close)}" if close else ""
     raise ModelError(
         f"model '{source}' is not a timm model name, a local model folder or a Hub id (ORG/NAME){hint}"
@@ -137,9 +165,7 @@ def _resolve_source(source: str) -> tuple[str, str]:
 def _from_hub(source: str, repo_id: str, load: Callable[[], nn.Module]) -> nn.Module:
     """``load()`` a model from the Hub, with one clear line when the Hub cannot serve ``repo_id``."""
     instead = f"give {LOCAL_MODEL_SOURCES}"
-    unreachable = hub_unreachable_message("model", source, instead)
-    if unreachable:
-        raise ModelError(unreachable)
+    _refuse_unreachable_hub(source)
     try:
         return load()
     except OSError as error:  # transformers' and huggingface_hub's "not found" / "cannot connect" errors
@@ -149,6 +175,12 @@ def _from_hub(source: str, repo_id: str, load: Callable[[], nn.Module]) -> nn.Mo
         raise ModelError(
             f"model '{source}' is not a local path and could not be loaded from the Hub ({reason}): check the Hub id, or {instead}"
         ) from None
+
+
+def _refuse_unreachable_hub(source: str) -> None:
+    unreachable = hub_unreachable_message("model", source, f"give {LOCAL_MODEL_SOURCES}")
+    if unreachable:
+        raise ModelError(unreachable)
 
 
 def _load_timm(name: str, num_classes: int | None, pretrained: bool, model_kwargs: dict[str, Any]) -> nn.Module:
@@ -224,23 +256,28 @@ def model_num_classes(model: nn.Module) -> int:
 # Checkpoints
 
 
+def checkpoint_file(path: str) -> Path:
+    """The weights file a checkpoint setting names: the file itself, or a checkpoint folder's
+    ``model.safetensors`` / ``pytorch_model.bin``. Reads no weights, so commands check it before writing."""
+    if not os.path.exists(path):
+        raise missing_path_error("checkpoint", path, CHECKPOINT_SOURCES)
+    file = Path(path)
+    if not file.is_dir():
+        return file
+    for candidate in ("model.safetensors", "pytorch_model.bin"):
+        if (file / candidate).is_file():
+            return file / candidate
+    raise ModelError(
+        f"checkpoint folder '{path}' holds no model.safetensors or pytorch_model.bin; "
+        f"it contains: {', '.join(sorted(p.name for p in file.iterdir())) or 'nothing'}"
+    )
+
+
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Read a state dict from a safetensors/torch file or a Trainer checkpoint folder (safely)."""
     from safetensors.torch import load_file
 
-    if not os.path.exists(path):
-        raise missing_path_error("checkpoint", path, CHECKPOINT_SOURCES)
-    file = Path(path)
-    if file.is_dir():
-        for candidate in ("model.safetensors", "pytorch_model.bin"):
-            if (file / candidate).is_file():
-                file = file / candidate
-                break
-        else:
-            raise ModelError(
-                f"checkpoint folder '{path}' holds no model.safetensors or pytorch_model.bin; "
-                f"it contains: {', '.join(sorted(p.name for p in file.iterdir())) or 'nothing'}"
-            )
+    file = checkpoint_file(path)
     try:
         if file.suffix == ".safetensors":
             state = load_file(str(file))

@@ -14,6 +14,8 @@ from hf_freqkd.cli import main
 from hf_freqkd.data import load_digits_dataset
 from hf_freqkd.data.seeding import dataset_seeding
 
+from ..helpers import refused_before_writing
+
 NUMBER = r"[\d,]+"
 
 
@@ -80,11 +82,13 @@ def test_both_pipelines_compute_the_same_images(augmentation):
         (["--augmentation", "mixup"], "benchmark data: augmentation 'mixup' is unknown; expected one of crop_flip, crop, timm, none"),
         (["--split", "dev"], "benchmark split 'dev' does not exist; the dataset has splits: train, test"),
         (["--dataset", "digitz"], "dataset 'digitz' does not exist"),
+        (["--dataset", "{tmp}/no_such_images"], "dataset '{tmp}/no_such_images' does not exist"),
+        (["--output-dir", "{tmp}/notes.txt/data"], "--output-dir '{tmp}/notes.txt/data' cannot be created: '{tmp}/notes.txt' is a file"),
     ],
 )
-def test_bad_arguments_are_one_line_errors(tmp_path, capsys, arguments, message):
-    code = main(["benchmark", "data", "--images", "8", "--output-dir", str(tmp_path), *arguments])
-    assert code == 2
-    error = capsys.readouterr().err
-    assert message in error and error.count("\n") == 1
-    assert not (tmp_path / "data.json").exists()
+def test_bad_arguments_are_one_line_errors_before_timing_or_writing(tmp_path, capsys, arguments, message):
+    (tmp_path / "notes.txt").write_text("")
+    out = tmp_path / "data"
+    argv = ["benchmark", "data", "--images", "8", "--output-dir", str(out), *(argument.format(tmp=tmp_path) for argument in arguments)]
+    line = refused_before_writing(argv, capsys, out, tmp_path / "notes.txt" / "data")
+    assert message.format(tmp=tmp_path) in line

@@ -13,6 +13,7 @@ import yaml
 from PIL import Image
 
 from hf_freqkd.benchmark.quality import (
+    RESULT_FILE,
     benchmark_config_from_dict,
     load_benchmark_config,
     markdown_report,
@@ -26,6 +27,8 @@ from hf_freqkd.benchmark.quality import (
 from hf_freqkd.cli import main
 from hf_freqkd.output_dir import RUN_RECORD
 from hf_freqkd.tasks import get_task
+
+from ..helpers import refused_before_writing
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH_DIR = REPO / "configs" / "bench"
@@ -120,6 +123,50 @@ def test_bad_configs_fail_before_training_naming_the_value(tmp_path, changes, me
     with pytest.raises((ValueError, TypeError), match=message):
         load_benchmark_config(write_config(tmp_path, **changes))
     assert not (tmp_path / "bench").exists()
+
+
+@pytest.mark.parametrize(
+    "changes, bad_value",
+    [
+        ({"common": {**TINY_RUN, "dataset": "{tmp}/no_such_images"}}, "teacher: dataset '{tmp}/no_such_images' does not exist"),
+        # read by the last label's runs alone, which start long after the teacher has trained
+        (
+            {"methods": {"ce": {"ce": {}}, "kd": {"methods": {"kd": {}}, "dataset": "{tmp}/no_such_images"}}},
+            "method 'kd': dataset '{tmp}/no_such_images' does not exist",
+        ),
+        ({"student": {"student_model": "{tmp}/no_student"}}, "model '{tmp}/no_student' does not exist"),
+        ({"teacher": {"model": "{tmp}/no_teacher"}}, "teacher.model '{tmp}/no_teacher' is not a folder"),
+        (
+            {"teacher": {"student_model": "resnet8", "student_checkpoint": "{tmp}/teacher.safetensors"}},
+            "teacher: checkpoint '{tmp}/teacher.safetensors' does not exist",
+        ),
+    ],
+    ids=["dataset", "dataset_of_one_label", "student_model", "exported_teacher", "teacher_checkpoint"],
+)
+def test_a_missing_input_of_any_run_is_refused_before_anything_is_written(tmp_path, capsys, changes, bad_value):
+    with_tmp = json.loads(json.dumps(changes).replace("{tmp}", str(tmp_path)))
+    line = refused_before_writing(["benchmark", "quality", "--config", str(write_config(tmp_path, **with_tmp))], capsys, tmp_path / "bench")
+    assert bad_value.format(tmp=tmp_path) in line
+
+
+@pytest.mark.parametrize("occupant", ["file", "training_run", "result_of_another_config"])
+def test_an_output_dir_that_is_not_this_benchmarks_is_refused_before_anything_is_written(tmp_path, capsys, occupant):
+    out = tmp_path / "bench"
+    if occupant == "file":
+        out.write_text("notes")
+        expected = "output_dir '{out}' exists and is not a folder"
+    elif occupant == "training_run":
+        (out / "checkpoint-5").mkdir(parents=True)
+        expected = "output_dir '{out}' holds a training run (checkpoint-5)"
+    else:
+        # The freekd label's result with other options: found before the teacher and the ce runs train.
+        (out / "runs" / "freekd" / "seed0").mkdir(parents=True)
+        (out / "runs" / "freekd" / "seed0" / RESULT_FILE).write_text(json.dumps({"config": {"methods": {"freekd": {}}}}))
+        expected = "'{out}/runs/freekd/seed0' holds the result of a run with a different config"
+    before = sorted(out.rglob("*")) if out.is_dir() else out.read_text()
+    line = refused_before_writing(["benchmark", "quality", "--config", str(write_config(tmp_path))], capsys, out / "teacher")
+    assert expected.format(out=out) in line
+    assert (sorted(out.rglob("*")) if out.is_dir() else out.read_text()) == before
 
 
 def test_overrides_reach_nested_keys_and_method_labels(tmp_path):

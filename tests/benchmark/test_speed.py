@@ -11,6 +11,8 @@ from PIL import Image
 from hf_freqkd.benchmark.speed import measure, parse_pair, run_speed_benchmark
 from hf_freqkd.cli import main
 
+from ..helpers import refused_before_writing
+
 
 def test_tiny_speed_benchmark_writes_table_csv_and_chart(tmp_path):
     code = main([
@@ -50,6 +52,24 @@ def test_unknown_methods_and_pairs_fail_early(tmp_path):
         run_speed_benchmark(tmp_path, methods=["figkdd"])
     with pytest.raises(ValueError, match="pair 'resnet8' is invalid"):
         parse_pair("resnet8")
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--pairs", "resnet9000:resnet8"], "pair 'resnet9000-resnet8': the teacher 'resnet9000' is not a timm model name; close timm names: "),
+        (["--pairs", "resnet8:runs/student"], "the student 'runs/student' is not a timm model name"),
+        (["--methods", "figkdd"], "unknown method 'figkdd'"),
+        (["--output-dir", "{tmp}/notes.txt/speed"], "--output-dir '{tmp}/notes.txt/speed' cannot be created: '{tmp}/notes.txt' is a file"),
+    ],
+)
+def test_bad_models_methods_and_output_dirs_are_refused_before_anything_is_measured(tmp_path, capsys, arguments, message):
+    (tmp_path / "notes.txt").write_text("")
+    out = tmp_path / "speed"
+    argv = ["benchmark", "speed", "--output-dir", str(out), "--pairs", "resnet8:resnet8", "--methods", "ce", "--iterations", "1"]
+    argv += [argument.format(tmp=tmp_path) for argument in arguments]
+    line = refused_before_writing(argv, capsys, out, tmp_path / "notes.txt" / "speed")
+    assert message.format(tmp=tmp_path) in line
 
 
 def test_teacher_cache_rows_time_the_step_reading_a_cache(tmp_path):

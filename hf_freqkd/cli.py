@@ -195,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     except (TrainingError, OSError) as error:  # the run started and failed: a non-finite loss, a full disk
         return _report(f"{command}: error: {_one_line(error)}", EXIT_TRAINING_FAILED)
     except KeyboardInterrupt as interrupt:
-        return _report(f"{command}: {_interrupted(interrupt)}", EXIT_INTERRUPTED)
+        # A terminal has echoed ^C where the cursor stood, maybe after a progress bar: the line starts afresh.
+        # (DistillationTrainer ends its progress bar's line itself, for stderr that is a file or a pipe.)
+        return _report(f"{command}: {_interrupted(interrupt)}", EXIT_INTERRUPTED, start_new_line=sys.stderr.isatty())
     except Exception:  # a bug: the traceback is what a bug report needs
         trace = traceback.format_exc()
         sys.stderr.write(trace)
@@ -275,11 +277,12 @@ def _interrupted(interrupt: KeyboardInterrupt) -> str:
     )
 
 
-def _report(line: str, code: int) -> int:
-    """Print ``line`` and return ``code``; under torch elastic, on the main process only."""
+def _report(line: str, code: int, start_new_line: bool = False) -> int:
+    """Print ``line`` and return ``code``; under torch elastic, on the main process only. ``start_new_line``
+    ends whatever stderr's last line holds first, so that ``line`` starts on a line of its own."""
     handed = _hand_to_launcher(line, line)
     if os.environ.get("RANK", "0") == "0" or not handed:
-        print(line, file=sys.stderr)
+        print(f"\n{line}" if start_new_line else line, file=sys.stderr)
     else:
         # Bad input fails every rank alike, and the first rank to exit gets the others killed: give
         # the main rank time to print the line first. This rank's line is in the launcher's summary.

@@ -101,6 +101,13 @@ class DistillationConfig(TrainingArguments):
         dataloader_pin_memory (`bool`, defaults to `True`):
             Turned off when there is no accelerator to copy to (or ``use_cpu``), where it does nothing
             but warn at every epoch.
+
+    Data-parallel training (a ``TrainingArguments`` field whose default depends on the methods):
+        ddp_find_unused_parameters (`bool`, *optional*):
+            Have DDP search each step for parameters that got no gradient. Unset: only when a method
+            of the run declares that a step may leave some unused
+            (:attr:`~hf_freqkd.methods.DistillationMethod.leaves_parameters_unused`; none of the
+            shipped methods does), instead of transformers' always-on for models of its own.
     """
 
     teacher_model: Optional[str] = field(default=None, metadata={"help": "Teacher source: timm name, folder or Hub id."})
@@ -142,6 +149,9 @@ class DistillationConfig(TrainingArguments):
     )
     dataloader_persistent_workers: Optional[bool] = field(
         default=None, metadata={"help": "Keep DataLoader workers between epochs; unset: on when there are workers."}
+    )
+    ddp_find_unused_parameters: Optional[bool] = field(
+        default=None, metadata={"help": "DDP's find_unused_parameters; unset: on only when a method leaves parameters unused in a step."}
     )
 
     def __post_init__(self) -> None:

@@ -74,6 +74,14 @@ class Distiller(nn.Module):
         loss = torch.stack([value.float() for value in terms.values()]).sum()
         return DistillerOutput(loss=loss, logits=student.logits, loss_terms=terms)
 
+    @property
+    def leaves_parameters_unused(self) -> bool:
+        """True when a training step may leave some trainable parameter without a gradient: some
+        method declares it (:attr:`~hf_freqkd.methods.DistillationMethod.leaves_parameters_unused`).
+        The student and the shipped methods use every parameter in every step, so DDP is told not
+        to search for unused ones (``DistillationTrainer`` sets ``ddp_find_unused_parameters``)."""
+        return any(method.leaves_parameters_unused for method in self.methods.values())
+
     def trainable_method_parameters(self) -> int:
         """Number of trainable parameters the methods add to the student."""
         return sum(p.numel() for p in self.methods.parameters() if p.requires_grad)

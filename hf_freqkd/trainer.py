@@ -48,6 +48,8 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, FormattedDatase
             Not needed when every method is label-only (``ce``).
         args (`DistillationConfig`): training arguments and distillation settings. Left unchanged
             until everything is valid; then the Hub settings are taken out of it (see :mod:`hf_freqkd.push`).
+            ``ddp_find_unused_parameters`` left unset becomes, in the trainer's own copy of ``args``,
+            whether a method leaves parameters unused (:attr:`~hf_freqkd.distiller.Distiller.leaves_parameters_unused`).
         train_dataset / eval_dataset: datasets yielding ``pixel_values`` and ``labels`` (see
             :func:`hf_freqkd.data.with_image_transform`).
         data_collator, compute_metrics: default to the task's (:mod:`hf_freqkd.tasks`): top-1 and top-k
@@ -82,6 +84,13 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, FormattedDatase
         # The Trainer's own push would upload the Distiller (student + method modules) and pickle
         # hub_token into checkpoints: the Hub settings leave args; push_to_hub below pushes the student.
         self.hub_settings = HubSettings.take_from(args)
+        if args.ddp_find_unused_parameters is None:
+            # transformers has DDP search every step's autograd graph for parameters without a gradient
+            # in any model that is not a PreTrainedModel (the Distiller is not one), and DDP warns when
+            # the search finds none. The methods know whether a step can leave one unused. A copy:
+            # the caller's args may serve another run, of other methods.
+            args = copy.copy(args)
+            args.ddp_find_unused_parameters = parts.distiller.leaves_parameters_unused
         output_dir_is_new = not os.path.exists(args.output_dir)
         super().__init__(
             model=parts.distiller,
@@ -373,6 +382,7 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, FormattedDatase
         except KeyboardInterrupt as interrupt:
             from transformers.trainer_utils import get_last_checkpoint
 
+            self._close_progress_bars()
             # Read by the command line for its one-line message (see hf_freqkd.cli).
             interrupt.global_step = self.state.global_step
             interrupt.last_checkpoint = get_last_checkpoint(self.args.output_dir) if Path(self.args.output_dir).is_dir() else None
@@ -384,6 +394,19 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, FormattedDatase
         self.run_record["train_seconds"] = round(time.perf_counter() - start, 3)
         self.save_student(self.last_evaluation())
         return output
+
+    def _close_progress_bars(self) -> None:
+        """End the Trainer's progress bars, which only the end of training closes. An interrupted bar
+        leaves its line unfinished (it redraws it with carriage returns), so the next message would be
+        glued to it, and it is drawn once more when the interpreter exits, after that message."""
+        from transformers.trainer_callback import ProgressCallback
+
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, ProgressCallback):
+                for bar in (callback.prediction_bar, callback.training_bar):
+                    if bar is not None:
+                        bar.close()
+                callback.prediction_bar = callback.training_bar = None
 
     def last_evaluation(self) -> dict[str, float]:
         """The metrics of the last evaluation in ``state.log_history`` (``eval_*`` keys), or {}."""

@@ -5,7 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 import yaml
+from torch import nn
+
+from hf_freqkd.methods import DistillationMethod
 
 #: A run that takes seconds on one CPU core: the CIFAR-zoo resnet8 alone (ce), 16 digits at 8x8,
 #: one optimizer step, nothing saved, evaluated or reported.
@@ -47,6 +52,26 @@ def write_run_config(path: str | Path, values: dict[str, Any]) -> Path:
     path = Path(path)
     path.write_text(yaml.safe_dump({key: value for key, value in values.items() if value is not None}))
     return path
+
+
+class AlternatingBranches(DistillationMethod):
+    """A test method with a branch unused in every step: two heads on the student's logits, one per
+    training step in turn, so each step leaves the other head without a gradient. Not registered on
+    import (it would join every test that walks the registry): ``register_method`` it where needed."""
+
+    name = "_test_alternating_branches"
+    uses_teacher = False
+    leaves_parameters_unused = True
+
+    def build(self, student_shapes, teacher_shapes, num_classes):
+        self.heads = nn.ModuleList(nn.Linear(num_classes, num_classes) for _ in range(2))
+        self.steps_taken = 0
+
+    def forward(self, student, teacher, labels) -> dict[str, torch.Tensor]:
+        head = self.heads[self.steps_taken % len(self.heads)]
+        self.steps_taken += 1
+        return {"loss_alternating_head": F.cross_entropy(head(student.logits.float()), labels)}
+
 
 
 def refused_before_writing(argv: list[str], capsys, *never_written: Path) -> str:

@@ -146,6 +146,25 @@ def test_each_kind_of_failure_is_one_line_with_its_exit_code(monkeypatch, capsys
     assert capsys.readouterr().err.splitlines() == [line]
 
 
+def test_after_ctrl_c_on_a_terminal_the_line_starts_below_the_echoed_ctrl_c(monkeypatch):
+    import io
+
+    import hf_freqkd.run
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    def interrupted_run(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setattr(hf_freqkd.run, "run", interrupted_run)
+    assert main(["distill", "output_dir=unused"]) == 130
+    assert terminal.getvalue() == "\nhf-freqkd distill: interrupted (Ctrl-C)\n"
+
+
 def test_a_bug_is_reported_with_its_traceback_not_as_bad_input(monkeypatch, capsys):
     import hf_freqkd.run
 
@@ -235,29 +254,33 @@ def test_ctrl_c_during_training_is_one_line_exit_130_and_recorded(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     output_dir = tmp_path / "interrupted"
     config = write_run_config(
-        tmp_path / "c.yaml", tiny_run_config(save_strategy="steps", save_steps=1, save_total_limit=1, logging_steps=1)
+        tmp_path / "c.yaml",
+        tiny_run_config(save_strategy="steps", save_steps=1, save_total_limit=1, logging_steps=1, disable_tqdm=False),
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
     # Through the accelerate script, with the --key value form users of such scripts type.
     command = [sys.executable, str(repo / "scripts" / "distill.py"), "--config", str(config), "--output_dir", str(output_dir), "--max_steps", "100000"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # Bytes: text mode would turn the carriage returns the progress bar redraws its line with into newlines.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:
         for line in process.stdout:  # a logged step, once a checkpoint exists to resume from
-            if "'loss'" in line and any(output_dir.glob("checkpoint-*/trainer_state.json")):
+            if b"'loss'" in line and any(output_dir.glob("checkpoint-*/trainer_state.json")):
                 break
         process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=120)
+        err = process.communicate(timeout=120)[1].decode()
     finally:
         process.kill()
     assert process.returncode == 130, err[-3000:]
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err[-3000:]
+    # The progress bar was on: the message starts after a newline, not glued to the bar's unfinished
+    # line, and stays the last line (the bar is not drawn again after it).
+    before, newline, last = err.removesuffix("\n").rpartition("\n")
+    assert "\r" in before and newline and "hf-freqkd" not in before, err[-3000:]
     match = re.fullmatch(
         r"hf-freqkd distill: interrupted \(Ctrl-C\) at step (\d+); to continue from (.+), "
         r"run the same command with resume_from_checkpoint=true",
-        lines[0],
+        last,
     )
-    assert match, lines[0]
+    assert match, err[-3000:]
     step = int(match.group(1))
     assert step >= 1 and Path(match.group(2)).parent == output_dir and Path(match.group(2)).is_dir()
     record = json.loads((output_dir / "hf_freqkd_run.json").read_text())

@@ -1,5 +1,6 @@
 """Two processes with ``accelerate launch --multi_gpu`` (gloo on this CPU machine) keep student and
-method modules in lockstep, and train the same student as one process with the same global batch."""
+method modules in lockstep, and train the same student as one process with the same global batch.
+DDP searches each step for unused parameters only when a method declares it leaves some unused."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from .helpers import tiny_run_config
+from .helpers import AlternatingBranches, tiny_run_config
 
 # LayerNorm student (no batch statistics, so 2 x 8 rows give the same update as 1 x 16), KD, and
 # random augmentation (seeded per sample, so the same whatever the number of processes).
@@ -35,7 +37,11 @@ RUN = tiny_run_config(
 WORKER = """
 import json, sys
 from safetensors.torch import save_file
+from hf_freqkd.methods import register_method
 from hf_freqkd.run import prepare_run
+from tests.helpers import AlternatingBranches
+
+register_method(AlternatingBranches)
 
 def save(trainer, prefix):
     state = trainer.accelerator.unwrap_model(trainer.model).state_dict()
@@ -48,8 +54,13 @@ save(trainer, "")
 """
 
 
-def launch(tmp_path, processes: int, batch: int, name: str, **extra) -> list[dict[str, torch.Tensor]]:
-    """Final Distiller state of each rank; the initial ones are in ``<name>/initial_rank<i>.safetensors``."""
+# What DDP prints, once per rank, when told to search for unused parameters and none was unused.
+NEEDLESS_SEARCH_WARNING = "find_unused_parameters=True was specified in DDP constructor, but did not find any unused parameters"
+
+
+def launch(tmp_path, processes: int, batch: int, name: str, **extra) -> tuple[list[dict[str, torch.Tensor]], str]:
+    """Final Distiller state of each rank, and the launch's stderr; the initial states are in
+    ``<name>/initial_rank<i>.safetensors``."""
     out = tmp_path / name
     out.mkdir()
     script = tmp_path / "worker.py"
@@ -58,15 +69,18 @@ def launch(tmp_path, processes: int, batch: int, name: str, **extra) -> list[dic
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes), "--num_machines", "1"]
     command += ["--multi_gpu"] if processes > 1 else ["--cpu"]
     command += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", str(script), json.dumps(values), str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    repo = Path(__file__).resolve().parents[1]  # the worker imports tests.helpers
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(repo)}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    return [load_file(str(out / f"rank{rank}.safetensors")) for rank in range(processes)]
+    return [load_file(str(out / f"rank{rank}.safetensors")) for rank in range(processes)], result.stderr
 
 
 def test_two_processes_train_the_same_student_as_one_process(tmp_path):
-    rank0, rank1 = launch(tmp_path, processes=2, batch=8, name="two")
-    (single,) = launch(tmp_path, processes=1, batch=16, name="one")
+    (rank0, rank1), stderr = launch(tmp_path, processes=2, batch=8, name="two")
+    (single,), _ = launch(tmp_path, processes=1, batch=16, name="one")
+    # Every parameter takes part in every step: DDP does not search the graph for unused ones.
+    assert NEEDLESS_SEARCH_WARNING not in stderr
 
     for key in rank0:  # DDP keeps the ranks in lockstep
         assert torch.equal(rank0[key], rank1[key]), key
@@ -83,8 +97,9 @@ def test_method_modules_are_synchronised_across_processes(tmp_path):
     # FAM adds filters, adapters and BatchNorm layers. DDP averages their gradients like the student's,
     # so every parameter is identical on both ranks. BatchNorm running statistics are buffers that DDP
     # copies from rank 0 before each forward; each rank's last forward updates its own copy.
-    rank0, rank1 = launch(tmp_path, processes=2, batch=8, name="fam", methods={"ce": {}, "fam": {}}, student_model="resnet8",
-                          student_model_kwargs={}, teacher_model="resnet14")
+    (rank0, rank1), stderr = launch(tmp_path, processes=2, batch=8, name="fam", methods={"ce": {}, "fam": {}}, student_model="resnet8",
+                                    student_model_kwargs={}, teacher_model="resnet14")
+    assert NEEDLESS_SEARCH_WARNING not in stderr
     initial = load_file(str(tmp_path / "fam" / "initial_rank0.safetensors"))
     buffers = ("running_mean", "running_var", "num_batches_tracked")
     # The bias of FAM's 1x1 local branch feeds a BatchNorm that subtracts the batch mean: its gradient
@@ -97,4 +112,19 @@ def test_method_modules_are_synchronised_across_processes(tmp_path):
     unchanged = [key for key in fam_parameters if torch.equal(rank0[key], initial[key])]
     assert not unchanged, f"FAM parameters that never moved: {unchanged}"
     for key in (key for key in rank0 if not key.endswith(buffers)):
+        assert torch.equal(rank0[key], rank1[key]), key
+
+
+def test_a_method_that_leaves_a_branch_unused_in_a_step_trains_with_two_processes(tmp_path):
+    # Each step trains one of the method's two heads and leaves the other without a gradient. The
+    # method declares it, so DDP searches each step for unused parameters; told not to, DDP would wait
+    # for the idle head's gradients and fail at the next step.
+    name = AlternatingBranches.name
+    (rank0, rank1), _ = launch(tmp_path, processes=2, batch=8, name="branches", methods={"ce": {}, name: {}})
+    initial = load_file(str(tmp_path / "branches" / "initial_rank0.safetensors"))
+    heads = [key for key in rank0 if key.startswith(f"methods.{name}.heads.")]
+    assert len(heads) == 4, heads  # two heads, weight and bias each
+    # Three steps: head 0 trains in steps 1 and 3, head 1 in step 2; both moved, identically on both ranks.
+    assert not [key for key in heads if torch.equal(rank0[key], initial[key])]
+    for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key

@@ -88,3 +88,17 @@ def test_quick_mode_shortens_training_and_keeps_the_rest():
     assert check_readme.quick_command("hf-freqkd distill --config c.yaml a=1   # ~15 s").endswith("a=1 num_train_epochs=1")
     assert check_readme.quick_command("hf-freqkd methods") == "hf-freqkd methods"
     assert check_readme.quick_python("num_train_epochs=5, x=1") == "num_train_epochs=1, x=1"
+
+
+def test_only_blocks_marked_as_needing_the_hub_download_and_the_check_skips_them(tmp_path):
+    python_blocks = [code for language, code in check_readme.readme_blocks(REPO / "README.md") if language == "python"]
+    downloading = [code for code in python_blocks if re.search(r"load_dataset\(\"[\w.-]+/[\w.-]+\"", code)]
+    assert downloading, "the README shows how to copy a Hub dataset"
+    assert all(code.startswith(check_readme.HUB_ONLY) for code in downloading)
+    assert all(not code.startswith(check_readme.HUB_ONLY) for code in python_blocks if code not in downloading)
+    # A marked block is not run (it would fail offline); the unmarked one after it is.
+    (tmp_path / "README.md").write_text(
+        f"```python\n{check_readme.HUB_ONLY}\nraise SystemExit(1)\n```\n\n```python\nopen('ran', 'w')\n```\n"
+    )
+    check_readme.run_blocks(tmp_path, quick=False)
+    assert (tmp_path / "ran").exists()

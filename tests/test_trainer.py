@@ -18,6 +18,8 @@ from hf_freqkd.data import load_digits_dataset, with_image_transform
 from hf_freqkd.methods import DistillationMethod, FeatureRequest, MethodOptions, register_method
 from hf_freqkd.methods.registry import _METHODS
 
+from .helpers import AlternatingBranches
+
 INPUT_32 = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear", "crop_pct": 1.0}
 
 
@@ -254,6 +256,33 @@ def test_method_modules_train_and_are_checkpointed(tmp_path, digits, adapter_met
     saved = load_file(str(tmp_path / "run" / "checkpoint-2" / "model.safetensors"))
     assert f"methods.{adapter_method.name}.adapter.weight" in saved
     assert any("loss_adapter" in entry for entry in trainer.state.log_history)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data-parallel training: DDP searches each step for unused parameters only when a method leaves
+# some (tests/test_multiprocess.py shows the effect on two processes).
+
+
+@pytest.fixture
+def alternating_branches():
+    register_method(AlternatingBranches)
+    yield AlternatingBranches
+    _METHODS.pop(AlternatingBranches.name, None)
+
+
+@pytest.mark.parametrize(
+    "leaves_some_unused, set_by_user, searched",
+    [(False, None, False), (True, None, True), (False, True, True), (True, False, False)],
+    ids=["all-used", "method-leaves-some-unused", "user-says-search", "user-says-do-not-search"],
+)
+def test_ddp_searches_for_unused_parameters_only_when_a_method_leaves_some(
+    tmp_path, alternating_branches, leaves_some_unused, set_by_user, searched
+):
+    methods = {"ce": {}, alternating_branches.name: {}} if leaves_some_unused else {"ce": {}, "kd": {}}
+    args = config(tmp_path, methods=methods, ddp_find_unused_parameters=set_by_user)
+    trainer = DistillationTrainer(model=tiny_model("test_resnet", seed=0), teacher=tiny_model("test_resnet", seed=1), args=args)
+    assert trainer.args.ddp_find_unused_parameters is searched
+    assert args.ddp_find_unused_parameters is set_by_user  # the caller's args may serve a run of other methods
 
 
 # ----------------------------------------------------------------------------------------------

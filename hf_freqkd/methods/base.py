@@ -89,6 +89,12 @@ class DistillationMethod(nn.Module):
     #: (B, K, H, W) and labels (B, H, W) with -100 where ignored; logit methods written for (B, K)
     #: logits list classification only.
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
+    #: True for a method whose trainable modules do not all feed the loss of every training step (a
+    #: branch taken on some steps only). Data-parallel training then makes DDP search each step's
+    #: autograd graph for parameters without a gradient (``find_unused_parameters``); without it DDP
+    #: would wait for their gradients forever and fail at the next step. An instance may set it
+    #: when its options decide. See :attr:`hf_freqkd.distiller.Distiller.leaves_parameters_unused`.
+    leaves_parameters_unused: ClassVar[bool] = False
 
     def __init__(self, options: MethodOptions | None = None):
         super().__init__()

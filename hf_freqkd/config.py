@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 
 NONFINITE_LOSS_POLICIES = ("stop", "skip")
+#: ``weight_decay_on`` values: every trainable parameter, or transformers' default split
+WEIGHT_DECAY_SCOPES = ("all", "trainer")
 
 
 @dataclass
@@ -77,6 +79,18 @@ class DistillationConfig(TrainingArguments):
             Step decay of the learning rate by ``lr_decay_rate`` at these epochs (150, 180, 210 in the
             CIFAR distillation recipes). When set it replaces ``lr_scheduler_type``.
         lr_decay_rate (`float`, defaults to 0.1): multiplier applied at each decay epoch.
+
+    Parameters that control the optimiser (``TrainingArguments`` defaults checked against the recipes,
+    docs/recipes.md):
+        max_grad_norm (`float`, defaults to 0): clip the gradient norm at this value; 0 clips nothing.
+            ``TrainingArguments`` clips at 1.0; the classification research code (mdistiller, the
+            CRD / ReviewKD / FAM-KD CIFAR and ImageNet scripts) never clips, and clipping at 1.0
+            acted on almost every step of the CIFAR recipes, costing 1-4 points. The detection
+            configs set mmdetection's clipping. The run record, log and card say how often it acted.
+        weight_decay_on (`str`, defaults to `"all"`): which parameters ``weight_decay`` applies to.
+            ``all``: every trainable parameter, biases and BatchNorm included, as the research code's
+            ``SGD(model.parameters(), weight_decay=...)`` does. ``trainer``: transformers' split (no
+            decay on biases and on normalisation layers it recognises by type or name).
 
     Parameters that control evaluation:
         eval_top_k (`int`, defaults to 5): k of the reported top-k accuracy.
@@ -139,6 +153,12 @@ class DistillationConfig(TrainingArguments):
         default=None, metadata={"help": "Epochs at which the learning rate is multiplied by lr_decay_rate."}
     )
     lr_decay_rate: float = field(default=0.1, metadata={"help": "Step-decay multiplier of the learning rate."})
+    max_grad_norm: float = field(
+        default=0.0, metadata={"help": "Clip the gradient norm at this value; 0 (the research code's recipe) clips nothing."}
+    )
+    weight_decay_on: str = field(
+        default="all", metadata={"help": "'all' parameters (the research code) or 'trainer' (transformers' split: no biases, no norms)."}
+    )
     eval_top_k: int = field(default=5, metadata={"help": "k of the top-k accuracy reported at evaluation."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow Hub code for transformers models."})
     nonfinite_loss: str = field(
@@ -177,6 +197,10 @@ class DistillationConfig(TrainingArguments):
         if not 0 < self.lr_decay_rate <= 1:
             raise ConfigError(f"lr_decay_rate = {self.lr_decay_rate} is invalid: expected a number in (0, 1]")
         self._check_teacher_cache()
+        if self.weight_decay_on not in WEIGHT_DECAY_SCOPES:
+            raise ConfigError(f"weight_decay_on = {self.weight_decay_on!r} is invalid: expected one of {', '.join(WEIGHT_DECAY_SCOPES)}")
+        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
+            raise ConfigError(f"max_grad_norm = {self.max_grad_norm} is invalid: expected a number >= 0 (0 clips nothing)")
         if self.eval_top_k < 1:
             raise ConfigError(f"eval_top_k = {self.eval_top_k} is invalid: expected an integer >= 1")
         if self.nonfinite_loss not in NONFINITE_LOSS_POLICIES:
@@ -332,6 +356,10 @@ class DataArguments:
         default="xywh",
         metadata={"help": "Detection: how the objects column's bbox lists are laid out, in pixels: 'xywh' (COCO [x, y, w, h]) or 'xyxy' (Pascal VOC corners [x1, y1, x2, y2])."},
     )
+    class_names: Optional[Union[list, str]] = field(
+        default=None,
+        metadata={"help": "Names of the classes in class-id order, for the exported config.json and model card; read from the data (a ClassLabel feature, an image folder's class folders) when unset."},
+    )
     image_size: Optional[int] = field(
         default=None, metadata={"help": "Square input size; the student's pretrained config when unset."}
     )
@@ -342,6 +370,7 @@ class DataArguments:
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
 
     def __post_init__(self) -> None:
+        self.class_names = _yaml_if_string(self.class_names, "class_names")
         from .data.detection import BBOX_FORMATS, check_bbox_format
         from .data.loading import AUGMENTATIONS
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import DataArguments, DistillationConfig, ModelArguments, config_to_dict, parse_config
-from .data.loading import load_image_dataset, pick_split, seeded_subset
+from .data.loading import generated_class_names, load_image_dataset, pick_split, seeded_subset
 from .errors import BadInputError, ConfigError, DataError, HubUploadError, MethodOptionsError
 from .output_dir import RUN_RECORD  # noqa: F401  (re-exported: where a run's record lives)
 from .output_dir import check_output_dir, check_output_path, removed_if_left_empty, training_settings
@@ -79,7 +79,8 @@ def prepare_run(
             "set validation_fraction to hold out part of the train split, eval_split, or eval_strategy: 'no'"
         )
     trainer = DistillationTrainer(
-        model=student, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, task=get_task(data_args.task)
+        model=student, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, task=get_task(data_args.task),
+        class_names=data.class_names,
     )
     return trainer, args, model_args, data_args
 
@@ -95,6 +96,9 @@ class RunData:
     num_classes: int
     splits: list[str]
     transform: Any  # the task's transform (hf_freqkd.tasks: TaskData.transform)
+    #: names given in the config, else the generated set's where its labels carry none; None lets the
+    #: trainer read them from the data (hf_freqkd.class_names)
+    class_names: list[str] | None = None
 
     def formatted(self, input_config: dict[str, Any], augmentation: str):
         """(train dataset, eval dataset or None) yielding ``pixel_values`` and ``labels``."""
@@ -145,7 +149,8 @@ def load_run_data(args: DistillationConfig, model_args: ModelArguments, data_arg
     check_labels(train_data, label_column, num_classes, train_split)
     if eval_data is not None:
         check_labels(eval_data, label_column, num_classes, eval_split)
-    return RunData(train_data, eval_data, image_column, label_column, num_classes, splits, transform)
+    class_names = data_args.class_names or generated_class_names(data_args.dataset, data_args.dataset_config_name)
+    return RunData(train_data, eval_data, image_column, label_column, num_classes, splits, transform, class_names)
 
 
 def input_config_for(model, data_args: DataArguments) -> dict[str, Any]:

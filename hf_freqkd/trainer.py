@@ -27,16 +27,17 @@ from .config import DistillationConfig
 from .data.seeding import AugmentationEpochCallback, dataset_seeding
 from .distiller import DistillerOutput
 from .errors import ConfigError, TrainingError
+from .class_names import resolve_class_names
 from .factory import DistillationParts, build_distillation, check_finite_weights
 from .models import FrozenTeacher
 from .output_dir import STUDENT_EXPORT_DIR, check_output_dir, resolve_resume, training_settings, write_record
 from .push import HubSettings
-from .training import AtomicCheckpoints, FormattedDatasets, LossTermMeans, NonFiniteLossGuard
+from .training import AtomicCheckpoints, FormattedDatasets, GradientClippingCount, GradientClippingMonitor, LossTermMeans, NonFiniteLossGuard
 
 logger = logging.getLogger(__name__)
 
 
-class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, FormattedDatasets, Trainer):
+class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, GradientClippingMonitor, FormattedDatasets, Trainer):
     """Train ``model`` (the student) to imitate ``teacher`` with the methods in ``args.methods``.
 
     Args:
@@ -56,6 +57,9 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, FormattedDatase
             accuracy for classifiers, mIoU, pixel accuracy and mean class accuracy for segmentation networks.
         task (`Task` or `str`, *optional*): the task (:mod:`hf_freqkd.tasks`), e.g. a config's ``task:``;
             by default the task the student solves.
+        class_names (`list[str]`, *optional*): the classes' names in class-id order, written to the exported
+            ``config.json`` and model card; by default read from ``train_dataset``'s ``ClassLabel`` feature
+            (see :mod:`hf_freqkd.class_names`). A teacher that names its classes must name these.
         Every other argument is passed to ``transformers.Trainer``.
     """
 
@@ -69,6 +73,7 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, FormattedDatase
         data_collator=None,
         compute_metrics=None,
         task=None,
+        class_names=None,
         **kwargs: Any,
     ):
         if args is None:
@@ -79,6 +84,10 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, FormattedDatase
         HubSettings.take_from(copy.copy(args))
         parts = self._distillation_parts(model, teacher, args, train_dataset, task)
         task = parts.task
+        #: the classes' names, exported with the student (hf_freqkd.class_names); None when nothing names them
+        self.class_names = resolve_class_names(
+            class_names, train_dataset, task, parts.student, parts.teacher.model if parts.teacher is not None else None, parts.num_classes
+        )
         if task.preprocess_logits_for_metrics is not None:
             kwargs.setdefault("preprocess_logits_for_metrics", task.preprocess_logits_for_metrics)
         # The Trainer's own push would upload the Distiller (student + method modules) and pickle
@@ -111,6 +120,7 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, FormattedDatase
             seeding.seed = args.data_seed if args.data_seed is not None else args.seed
             self.add_callback(AugmentationEpochCallback(seeding))
         self._term_means = LossTermMeans()
+        self.add_callback(GradientClippingCount())  # stateful: a resumed run counts the steps before the resume
         self._updates_per_epoch: int | None = None
         self._logged_at = (0, 0)  # (global step, skipped steps) at the last training log
         #: what the run needs from ``args.teacher_cache`` and the cache once open (see hf_freqkd.teacher_cache)
@@ -347,11 +357,13 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, FormattedDatase
         config["task"] = parts.task.name
         return {
             "mode": "distill" if parts.teacher is not None else "teacher",
+            "distilled": parts.teacher is not None,
             "status": "created",
             "config": config,
             "settings": training_settings(self.args) | {"student_model": config["student_model"]},
             "training": training_recipe(self.args),
             "num_classes": parts.num_classes,
+            "class_names": self.class_names,
             "metrics": {},
         }
 
@@ -375,6 +387,12 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, FormattedDatase
         self.accelerator.wait_for_everyone()  # every process has checked before the record is written
         if self.teacher_cache_plan is not None:
             self.build_teacher_cache()
+        if resume:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            checkpoint = get_last_checkpoint(self.args.output_dir) if resume is True else resume
+            self.run_record["resumed_from"] = Path(checkpoint).name if checkpoint else None
+            self.restore_clipping_count(checkpoint)
         self._write_run_record(status="training")
         start = time.perf_counter()
         try:
@@ -392,6 +410,7 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, FormattedDatase
             self._write_run_record(status="failed", error=str(error).splitlines()[0] if str(error) else type(error).__name__)
             raise
         self.run_record["train_seconds"] = round(time.perf_counter() - start, 3)
+        self.run_record["gradient_clipping"] = self.report_clipping().as_record()
         self.save_student(self.last_evaluation())
         return output
 
@@ -466,6 +485,13 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, FormattedDatase
         if self.is_world_process_zero():
             export_student(self.student, folder, self.run_record, Path(folder).resolve().name)
         self.accelerator.wait_for_everyone()
+
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        """The parameters ``weight_decay`` applies to: all of them (``weight_decay_on: all``, the research
+        code's recipe), or transformers' split (``trainer``: no biases, no normalisation layers)."""
+        if getattr(self.args, "weight_decay_on", "trainer") == "all":
+            return [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+        return super().get_decay_parameter_names(model)
 
     def push_to_hub(self, commit_message: str | None = None, blocking: bool = True, token=None, revision=None, private=None, **kwargs):
         """Export the student alone (weights, config, model card) to ``output_dir/student`` and upload it.

@@ -73,6 +73,14 @@ class AlternatingBranches(DistillationMethod):
         return {"loss_alternating_head": F.cross_entropy(head(student.logits.float()), labels)}
 
 
+def exported_files(carries_code: bool = True) -> set[str]:
+    """The files of an exported timm student: weights, config and card, and for a network only hf_freqkd
+    registers the modeling code it carries (hf_freqkd.remote_code)."""
+    from hf_freqkd.remote_code import MODELING_FILE, NETWORK_FILES
+
+    files = {"README.md", "config.json", "model.safetensors"}
+    return files | {Path(name).name for name in NETWORK_FILES} | {MODELING_FILE} if carries_code else files
+
 
 def refused_before_writing(argv: list[str], capsys, *never_written: Path) -> str:
     """Run ``hf-freqkd argv``, which must refuse its input as bad: exit code 2, one error line (returned),

@@ -38,7 +38,7 @@ from .fine_grained import FINE_GRAINED_NAME, load_fine_grained_dataset, parse_fi
 from ..teacher_cache import VIEW_EPOCH, VIEW_ROW
 from .seeding import ROW_INDEX_COLUMN, SeededAugmentation, with_row_index
 from .shapes_detection import SHAPES_DETECTION_NAME, load_shapes_detection, parse_shapes_detection_config
-from .shapes_segmentation import SHAPES_SEGMENTATION_NAME, load_shapes_segmentation, parse_shapes_config
+from .shapes_segmentation import SHAPES_SEGMENTATION_NAME, load_shapes_segmentation, parse_shapes_config, shapes_class_names
 
 IMAGE_COLUMN_NAMES = ("image", "img", "jpg", "png", "picture")
 LABEL_COLUMN_NAMES = ("label", "labels", "fine_label", "target", "class", "category")
@@ -74,6 +74,11 @@ def load_image_dataset(dataset: str, config_name: str | None = None, trust_remot
     if looks_like_path(dataset) or not is_hub_repo_id(dataset) or near_generated:
         raise missing_path_error("dataset", dataset, DATASET_SOURCES, known_names=GENERATED_DATASETS)
     return _load_hub_dataset(dataset, config_name, trust_remote_code)
+
+
+def generated_class_names(dataset: str, config_name: str | None = None) -> list[str] | None:
+    """The class names of a generated set whose labels carry none (the segmentation masks), else None."""
+    return shapes_class_names(config_name) if dataset == SHAPES_SEGMENTATION_NAME else None
 
 
 def _load_local_dataset(path: Path, dataset: str, config_name: str | None):
@@ -237,7 +242,10 @@ def build_image_transform(input_config: dict[str, Any], training: bool, augmenta
         interpolation=input_config.get("interpolation", "bilinear"),
     )
     if not training or augmentation == "none":
-        return timm.data.create_transform(is_training=False, crop_pct=input_config.get("crop_pct", 1.0), **common)
+        # The model's own crop mode too: an export's image processor reads the same pretrained_cfg.
+        return timm.data.create_transform(
+            is_training=False, crop_pct=input_config.get("crop_pct", 1.0), crop_mode=input_config.get("crop_mode"), **common
+        )
     if augmentation == "timm":
         return timm.data.create_transform(is_training=True, **common)
     steps = [

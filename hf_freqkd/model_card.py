@@ -280,6 +280,8 @@ def _usage_section(library_name: str, task, student: str) -> list[str]:
     remote = library_name == "timm" and task.remote_code_classes is not None and is_registered_by_hf_freqkd(student)
     transformers_loads = library_name == "transformers" or remote or task.transformers_loads_timm_exports
     trust = ", trust_remote_code=True" if remote else ""
+    # timm exports' image processor exists for PIL only; asking for it saves transformers' fallback message
+    pil_backend = ', backend="pil"' if library_name == "timm" else ""
     lines = ["## How to use", ""]
     if transformers_loads:
         auto_class = task.remote_code_classes[0] if remote else (task.transformers_auto_class or "AutoModel")
@@ -289,6 +291,8 @@ def _usage_section(library_name: str, task, student: str) -> list[str]:
             "",
             f"predict = pipeline(\"{task.pipeline_tag}\", model={repo}{trust})",
             f"predict(\"image.jpg\")  # {task.pipeline_output}",
+            *(["# transformers may log \"Requested torchvision backend is not available. Falling back to pil backend.\": this",
+               "# model's image processor (timm's evaluation transform) is PIL-based; nothing is missing"] if library_name == "timm" else []),
             "```",
             "",
             "The network and its image processor (the resize and normalisation it was evaluated with):",
@@ -296,7 +300,7 @@ def _usage_section(library_name: str, task, student: str) -> list[str]:
             "```python",
             f"from transformers import AutoImageProcessor, {auto_class}",
             "",
-            f"processor = AutoImageProcessor.from_pretrained({repo}{trust})",
+            f"processor = AutoImageProcessor.from_pretrained({repo}{trust}{pil_backend})",
             f"model = {auto_class}.from_pretrained({repo}{trust}).eval()",
             "outputs = model(**processor(image, return_tensors=\"pt\"))  # image: a PIL image",
             "```",

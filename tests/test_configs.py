@@ -24,14 +24,15 @@ from hf_freqkd.prompt_fitting import run_fit_prompts
 from hf_freqkd.run import prepare_run
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-# configs/bench/ holds benchmark configs (a different schema), tested in tests/benchmark/test_quality.py.
-CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if p.relative_to(CONFIG_DIR).parts[0] != "bench")
+# configs/bench/ holds benchmark configs and configs/tune/ search configs (other schemas), tested in
+# tests/benchmark/test_quality.py and tests/tune/; configs/accelerate/ holds Accelerate's own configs.
+CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if p.relative_to(CONFIG_DIR).parts[0] not in ("bench", "tune", "accelerate"))
 BENCH_CONFIGS = sorted((CONFIG_DIR / "bench").glob("*.yaml"))
 # Settings where TrainingArguments' defaults (clipping at norm 1, ...) are not the research code's: every
 # classification and segmentation config sets them and names its source (docs/recipes.md); the
 # detection configs set mmdetection's clipping the same way, next to their other mmdet settings.
 RECIPE_KEYS = ("max_grad_norm", "weight_decay_on")
-RECIPE_CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if p.relative_to(CONFIG_DIR).parts[0] != "detection")
+RECIPE_CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if p.relative_to(CONFIG_DIR).parts[0] not in ("detection", "accelerate"))
 
 
 def load(path: Path) -> dict:

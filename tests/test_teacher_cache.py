@@ -298,12 +298,12 @@ TWO_PROCESSES = {"student_model": "resnet8", "student_model_kwargs": {}, "image_
 
 
 def test_two_processes_each_read_their_own_rows(tmp_path):
-    online = launch(tmp_path, processes=2, batch=8, name="online", **TWO_PROCESSES)
+    online, _ = launch(tmp_path, processes=2, batch=8, name="online", **TWO_PROCESSES)
     cache = tmp_path / "cache"
     values = {**MULTIPROCESS_RUN, **TWO_PROCESSES, "output_dir": str(tmp_path / "unused"), "per_device_train_batch_size": 8}
     assert main(["cache-teacher", *overrides({**values, "teacher_cache": str(cache)})]) == 0
     built = files_of(cache)
-    cached = launch(tmp_path, processes=2, batch=8, name="cached", teacher_cache=str(cache), **TWO_PROCESSES)
+    cached, _ = launch(tmp_path, processes=2, batch=8, name="cached", teacher_cache=str(cache), **TWO_PROCESSES)
     assert files_of(cache) == built  # read, not rebuilt
     initial = load_file(str(tmp_path / "online" / "initial_rank0.safetensors"))
     assert_moved(online[0], initial)

@@ -390,6 +390,7 @@ DETECTION_RUN = {
     "max_steps": 1,
     "optim": "adamw_torch",
     "learning_rate": 3e-3,
+    "max_grad_norm": 10.0,  # as configs/detection/shapes_*.yaml: a detector's early steps need it
     "eval_strategy": "no",
     "save_strategy": "no",
     "report_to": "none",

@@ -2,7 +2,10 @@
 
 The C file needs no Python or torch headers, so building it takes well under a second with the
 machine's C compiler (``$CC``, else ``cc`` or ``gcc``); the library is cached under
-``$HF_FREQKD_CACHE`` (default ``~/.cache/hf_freqkd``) by the source's hash and loaded with ctypes.
+``$HF_FREQKD_CACHE`` (default ``~/.cache/hf_freqkd``) by the hash of the source and of the compiler
+target (:func:`compiler_target`: built with ``-march=native``, a library is only good for CPUs of the
+instruction sets it was built for, and a home folder may be shared by cluster nodes of several kinds),
+and loaded with ctypes.
 Without a compiler, or with ``HF_FREQKD_NATIVE=0``, :func:`local_attention_kernel` returns None
 and :class:`~hf_freqkd.layers.frequency_attention.LocalSelfAttention` keeps its torch path, which
 computes the same function (the tests compare the three paths: reference, torch, native).
@@ -14,6 +17,7 @@ import ctypes
 import hashlib
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import sysconfig
@@ -41,6 +45,48 @@ def _compiler() -> str | None:
         if candidate and shutil.which(candidate):
             return shutil.which(candidate)
     return None
+
+
+@lru_cache(maxsize=None)
+def compiler_target() -> str:
+    """What ``-march=native`` compiles for on this machine, as text: part of the cached library's name.
+
+    The compiler's version, and its own answer (gcc's ``-march=native -Q --help=target``: the
+    ``-march`` / ``-mtune`` it picks and the instruction sets it enables); for a compiler without that
+    answer (clang), the CPU's model name and flags from /proc/cpuinfo. Asked once per process.
+    """
+    compiler = _compiler()
+    parts = [platform.machine()]
+    if compiler is not None:
+        parts.append(_run_quietly([compiler, "--version"]).split("\n", 1)[0])
+        answer = _run_quietly([compiler, "-march=native", "-Q", "--help=target"])
+        chosen = [
+            " ".join(line.split())
+            for line in answer.splitlines()
+            if line.strip().startswith(("-march=", "-mtune=")) or line.rstrip().endswith("[enabled]")
+        ]
+        if chosen:
+            return "\n".join(parts + chosen)
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "\n".join(parts + [platform.processor()])
+    first_processor = cpuinfo.split("\n\n", 1)[0]
+    return "\n".join(parts + [line for line in first_processor.splitlines() if line.startswith(("model name", "flags", "Features", "CPU part"))])
+
+
+def _run_quietly(command: list[str]) -> str:
+    """The command's output, or "" when it fails."""
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def library_path() -> Path:
+    """Where the library of this source, build recipe and compiler target is cached."""
+    digest = hashlib.sha256(SOURCE.read_bytes() + BUILD_RECIPE.encode() + compiler_target().encode()).hexdigest()[:16]
+    return cache_folder() / f"local_attention-{digest}.so"
 
 
 def _build(source: Path, target: Path) -> None:
@@ -71,8 +117,7 @@ def _build(source: Path, target: Path) -> None:
 
 @lru_cache(maxsize=None)
 def _load() -> ctypes.CDLL | None:
-    digest = hashlib.sha256(SOURCE.read_bytes() + BUILD_RECIPE.encode()).hexdigest()[:16]
-    target = cache_folder() / f"local_attention-{digest}.so"
+    target = library_path()
     try:
         if not target.exists():
             _build(SOURCE, target)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,6 +114,39 @@ def test_the_library_is_built_once_into_the_cache_folder(monkeypatch, tmp_path):
     native._load.cache_clear()
     assert native.local_attention_kernel(torch.zeros(1)) is not None
     assert built[0].stat().st_mtime_ns == modified
+
+
+@requires_kernel
+def test_a_library_built_for_another_target_is_rebuilt_not_loaded(monkeypatch, tmp_path):
+    # A home folder shared by cluster nodes of two CPU kinds: each kind gets, and loads, its own build.
+    monkeypatch.setenv("HF_FREQKD_CACHE", str(tmp_path))
+    this_target = native.compiler_target()
+    builds = []
+    build = native._build
+    monkeypatch.setattr(native, "_build", lambda source, target: builds.append(target) or build(source, target))
+    monkeypatch.setattr(native, "compiler_target", lambda: "x86_64\n-march= znver4\n-mavx512f [enabled]")
+    other = native.local_attention_kernel(torch.zeros(1))
+    monkeypatch.setattr(native, "compiler_target", lambda: this_target)
+    native._load.cache_clear()
+    here = native.local_attention_kernel(torch.zeros(1))
+    assert len(builds) == 2 and builds[0] != builds[1]
+    assert Path(here._name) == builds[1] and Path(other._name) == builds[0]
+    native._load.cache_clear()
+    native.local_attention_kernel(torch.zeros(1))
+    assert len(builds) == 2  # this target's build is found, not redone
+    assert sorted((tmp_path / "native").glob("local_attention-*.so")) == sorted(builds)
+
+
+@requires_kernel
+def test_the_compiler_target_names_the_instruction_sets_and_is_asked_once(monkeypatch):
+    native.compiler_target.cache_clear()
+    commands = []
+    run = subprocess.run
+    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: commands.append(command) or run(command, **kwargs))
+    target = native.compiler_target()
+    assert native.compiler_target() == target and len(commands) <= 2
+    assert "-march=" in target or "flags" in target
+    assert native.library_path().name.startswith("local_attention-")
 
 
 @requires_kernel

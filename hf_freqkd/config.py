@@ -371,7 +371,6 @@ class DataArguments:
 
     def __post_init__(self) -> None:
         self.class_names = _yaml_if_string(self.class_names, "class_names")
-        from .data.detection import BBOX_FORMATS, check_bbox_format
         from .data.loading import AUGMENTATIONS
 
         if self.augmentation not in AUGMENTATIONS:
@@ -384,13 +383,15 @@ class DataArguments:
                 raise ConfigError(f"{name} = {value} is invalid: expected an integer >= 1")
         if self.task not in TASKS:
             raise ConfigError(f"task = {self.task!r} is invalid: expected one of {', '.join(TASKS)}")
-        if self.task == "segmentation" and self.label_column is not None:
-            raise ConfigError(f"label_column = {self.label_column!r} is set with task: segmentation; name the mask column with mask_column")
-        if self.task != "segmentation" and (self.mask_column is not None or self.reduce_labels):
-            raise ConfigError("mask_column and reduce_labels apply to task: segmentation; set task: segmentation or remove them")
-        check_bbox_format(self.bbox_format)
-        if self.task != "detection" and self.bbox_format != BBOX_FORMATS[0]:
-            raise ConfigError(f"bbox_format = {self.bbox_format!r} applies to task: detection; set task: detection or remove it")
+        # Each task declares the data arguments only it reads (Task.data_arguments) and checks its own.
+        task = TASKS[self.task]
+        unknown = sorted(set(task.data_arguments) - {known.name for known in dataclasses.fields(self)})
+        if unknown:
+            raise TypeError(f"task {task.name!r} declares data_arguments {unknown} that DataArguments does not have")
+        for other in TASKS.values():
+            if other is not task:
+                other.refuse_data_arguments(self, taken=task.data_arguments)
+        task.check_data_arguments(self)
         if self.ignore_index < 0:
             raise ConfigError(f"ignore_index = {self.ignore_index} is invalid: expected a mask value >= 0 (255 in most datasets)")
 

@@ -252,6 +252,59 @@ def test_data_options_of_another_task_or_unknown_bbox_format_are_refused(base_co
         parse_config(base_config, override)
 
 
+def test_segmentation_names_its_mask_column_not_a_label_column(base_config):
+    with pytest.raises(ConfigError, match=r"^label_column = 'annotation' is set with task: segmentation; name the mask column"):
+        parse_config(base_config, ["task=segmentation", "label_column=annotation"])
+
+
+@pytest.fixture
+def instance_segmentation_task():
+    """A user's task, registered by their script: masks and boxes, so it reads segmentation's and detection's
+    data arguments, and one check of its own."""
+    from hf_freqkd.tasks import base, register_task
+    from hf_freqkd.tasks.segmentation import SegmentationTask
+
+    @register_task
+    class InstanceSegmentationTask(SegmentationTask):
+        name = "instance_segmentation_test_only"
+        data_arguments = ("mask_column", "reduce_labels", "bbox_format")
+
+        def check_data_arguments(self, data_args):
+            if data_args.bbox_format != "xyxy":
+                raise ConfigError(f"{self.name} reads corner boxes: set bbox_format: xyxy")
+
+    yield InstanceSegmentationTask
+    base._TASKS.pop(InstanceSegmentationTask.name, None)
+
+
+def test_a_users_task_takes_the_data_arguments_it_declares(base_config, instance_segmentation_task):
+    name = instance_segmentation_task.name
+    _, _, data_args = parse_config(base_config, [f"task={name}", "mask_column=annotation", "reduce_labels=true", "bbox_format=xyxy"])
+    assert (data_args.task, data_args.mask_column, data_args.reduce_labels, data_args.bbox_format) == (name, "annotation", True, "xyxy")
+    with pytest.raises(ConfigError, match=f"^{name} reads corner boxes"):
+        parse_config(base_config, [f"task={name}", "mask_column=annotation"])
+    # The built-in tasks still refuse each other's arguments, naming the built-in task they belong to.
+    with pytest.raises(ConfigError, match=r"^bbox_format = 'xyxy' applies to task: detection; set task: detection or remove it$"):
+        parse_config(base_config, ["task=segmentation", "bbox_format=xyxy"])
+    with pytest.raises(ConfigError, match=r"^mask_column and reduce_labels apply to task: segmentation"):
+        parse_config(base_config, ["task=detection", "mask_column=annotation"])
+
+
+def test_a_task_declaring_a_field_data_arguments_lacks_is_a_programming_error(base_config):
+    from hf_freqkd.tasks import base, register_task
+
+    @register_task
+    class DepthTask(base.Task):
+        name = "depth_test_only_data"
+        data_arguments = ("depth_column",)
+
+    try:
+        with pytest.raises(TypeError, match=r"task 'depth_test_only_data' declares data_arguments \['depth_column'\]"):
+            parse_config(base_config, ["task=depth_test_only_data"])
+    finally:
+        base._TASKS.pop("depth_test_only_data", None)
+
+
 def test_missing_config_file_is_a_missing_path_error(tmp_path):
     with pytest.raises(MissingPathError):
         parse_config(tmp_path / "nowhere.yaml")

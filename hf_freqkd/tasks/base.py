@@ -76,6 +76,10 @@ class Task:
     #: True when evaluation resizes each image to the input size whatever its aspect (timm's "squash" crop
     #: mode, which the export's image processor then uses); False for timm's centre crop
     squashes_images: ClassVar[bool] = False
+    #: the ``DataArguments`` fields this task reads and the others do not (segmentation's ``mask_column``,
+    #: detection's ``bbox_format``): a run of a task that does not declare one refuses it when it is set
+    #: away from its default, naming the task it belongs to (see :meth:`refuse_data_arguments`)
+    data_arguments: ClassVar[tuple[str, ...]] = ()
     #: what ``hf-freqkd benchmark quality`` reports: (Trainer evaluation key without ``eval_``, short label),
     #: fractions shown in percent; the first is the headline its "vs ce" column and chart compare. The label
     #: also names the CSV / JSON column: "top-1" -> ``top1``, "pixel accuracy" -> ``pixel_accuracy``
@@ -115,6 +119,25 @@ class Task:
             )
 
     # -- data -----------------------------------------------------------------------------------
+
+    def check_data_arguments(self, data_args) -> None:
+        """Raise a ConfigError for a data argument this task cannot work with; called for the run's task
+        when the config is read, before anything is loaded. Nothing to check by default."""
+
+    def refuse_data_arguments(self, data_args, taken: tuple[str, ...] = ()) -> None:
+        """In a run of another task, which reads ``taken``: a ConfigError if one of this task's
+        :attr:`data_arguments` that the other does not read is set away from its default."""
+        import dataclasses
+
+        defaults = {field.name: field.default for field in dataclasses.fields(data_args)}
+        own = [name for name in self.data_arguments if name not in taken]
+        given = [name for name in own if getattr(data_args, name) != defaults[name]]
+        if not given:
+            return
+        if len(own) == 1:
+            raise ConfigError(f"{own[0]} = {getattr(data_args, own[0])!r} applies to task: {self.name}; set task: {self.name} or remove it")
+        names = ", ".join(own[:-1]) + f" and {own[-1]}"
+        raise ConfigError(f"{names} apply to task: {self.name}; set task: {self.name} or remove them")
 
     def data_functions(self, train_data, data_args, num_classes: int | None = None) -> TaskData:
         """Columns, class count, transform and label check for ``train_data`` (implemented by each task)."""

@@ -51,6 +51,12 @@ class DetectionTask(Task):
     remote_code_classes = ("AutoModelForObjectDetection", "HfFreqKDObjectDetector")
     pipeline_output = "[{'score': 0.91, 'label': 'square', 'box': {'xmin': 3, 'ymin': 5, 'xmax': 20, 'ymax': 19}}, ...]"
     squashes_images = True  # hf_freqkd.data.detection resizes image and boxes to the input size
+    data_arguments = ("bbox_format",)
+
+    def check_data_arguments(self, data_args) -> None:
+        from ..data.detection import check_bbox_format
+
+        check_bbox_format(data_args.bbox_format)
 
     def class_names(self, dataset) -> list[str] | None:
         from ..data.detection import detection_class_names

@@ -11,6 +11,7 @@ from typing import Callable
 
 from torch import nn
 
+from ..errors import ConfigError
 from .base import Task, TaskData, register_task
 
 
@@ -40,6 +41,11 @@ class SegmentationTask(Task):
     remote_code_classes = ("AutoModelForSemanticSegmentation", "HfFreqKDSemanticSegmenter")
     pipeline_output = "[{'label': 'circle', 'mask': <PIL image>, 'score': None}, ...]: a mask per class present"
     squashes_images = True  # hf_freqkd.data.segmentation resizes image and mask to the input size
+    data_arguments = ("mask_column", "reduce_labels")
+
+    def check_data_arguments(self, data_args) -> None:
+        if data_args.label_column is not None:
+            raise ConfigError(f"label_column = {data_args.label_column!r} is set with task: {self.name}; name the mask column with mask_column")
 
     def class_names(self, dataset) -> list[str] | None:
         # Masks hold class ids with no names; the generated set's are given by the run (hf_freqkd.run).

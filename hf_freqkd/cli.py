@@ -10,6 +10,8 @@
     hf-freqkd benchmark speed [--pairs ...]             step time and peak memory against the limit
     hf-freqkd benchmark data [--dataset D]              images/s of the training transform against plain torchvision
     hf-freqkd spectrum --teacher T --student S          logit / feature energy per frequency band: PNGs + JSON
+    hf-freqkd tune --config T.yaml [--storage URL] [--workers N] [k=v ...]
+                                                        search methods and settings on a validation split: best.yaml
     hf-freqkd export --run DIR [--checkpoint C] [--to D]  the student alone + model card, in timm/transformers format
     hf-freqkd push --run DIR --repo-id USER/NAME        upload the exported student to the Hugging Face Hub
 
@@ -51,7 +53,9 @@ from .errors import (
 )
 
 #: commands that take ``--config`` plus config overrides
-RUN_COMMANDS = ("train-teacher", "distill", "fit-prompts", "cache-teacher")
+RUN_COMMANDS = ("train-teacher", "distill", "fit-prompts", "cache-teacher", "tune")
+#: options of those commands that take a value (the others are config keys)
+_VALUE_OPTIONS = ("--config", "--storage", "--workers")
 #: the words HfArgumentParser reads as booleans after a ``--flag``
 _BOOLEAN_WORDS = {"true": "true", "t": "true", "yes": "true", "y": "true", "1": "true",
                   "false": "false", "f": "false", "no": "false", "n": "false", "0": "false"}
@@ -126,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_benchmark_parser(commands)
     add_spectrum_arguments(commands.add_parser("spectrum", help="energy per frequency band of teacher and student logits and feature maps"))
+    tune = commands.add_parser("tune", help="search the methods and their settings on a validation split (docs/tune.md)")
+    _add_run_arguments(tune)
+    tune.add_argument("--storage", help="Optuna storage URL shared by workers and machines (default: output_dir/study.db)")
+    tune.add_argument("--workers", type=int, help="processes on this machine that share the study (default: search.workers, 1)")
     return parser
 
 
@@ -151,7 +159,7 @@ def flags_as_overrides(arguments: list[str]) -> list[str]:
         if not token.startswith("--") or field not in field_types:
             # key=value overrides stay overrides; --config X, -h or an unknown --flag are for argparse.
             (own if token.startswith("-") else overrides).append(token)
-            if token == "--config" and position < len(arguments):
+            if token in _VALUE_OPTIONS and position < len(arguments):
                 own.append(arguments[position])
                 position += 1
             continue
@@ -238,6 +246,12 @@ def _run_command(args: argparse.Namespace) -> None:
         from .benchmark.commands import run_benchmark_command
 
         run_benchmark_command(args)
+    elif args.command == "tune":
+        from .tune.config import load_tune_config
+        from .tune.study import run_tune
+
+        result = run_tune(load_tune_config(args.config, args.overrides, storage=args.storage, workers=args.workers))
+        print("\n".join(result.summary))
     elif args.command == "spectrum":
         from .spectrum import inputs_from_args, run_spectrum, summary
 

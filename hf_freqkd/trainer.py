@@ -33,11 +33,12 @@ from .models import FrozenTeacher
 from .output_dir import STUDENT_EXPORT_DIR, check_output_dir, resolve_resume, training_settings, write_record
 from .push import HubSettings
 from .training import AtomicCheckpoints, FormattedDatasets, GradientClippingCount, GradientClippingMonitor, LossTermMeans, NonFiniteLossGuard
+from .tune.trainer_search import HyperparameterSearch, student_from_model_init
 
 logger = logging.getLogger(__name__)
 
 
-class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, GradientClippingMonitor, FormattedDatasets, Trainer):
+class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, GradientClippingMonitor, FormattedDatasets, HyperparameterSearch, Trainer):
     """Train ``model`` (the student) to imitate ``teacher`` with the methods in ``args.methods``.
 
     Args:
@@ -60,6 +61,8 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, GradientClippin
         class_names (`list[str]`, *optional*): the classes' names in class-id order, written to the exported
             ``config.json`` and model card; by default read from ``train_dataset``'s ``ClassLabel`` feature
             (see :mod:`hf_freqkd.class_names`). A teacher that names its classes must name these.
+        model_init (`Callable`, *optional*): returns a new student, for :meth:`hyperparameter_search`, which
+            rebuilds the distillation around each trial's student (:mod:`hf_freqkd.tune.trainer_search`).
         Every other argument is passed to ``transformers.Trainer``.
     """
 
@@ -82,6 +85,7 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, GradientClippin
             raise ConfigError(f"args must be a DistillationConfig, got {type(args).__name__}")
         # Checked on a copy: the caller's args change only once everything below is valid.
         HubSettings.take_from(copy.copy(args))
+        model = student_from_model_init(model, kwargs.get("model_init"))  # hyperparameter_search: a student per trial
         parts = self._distillation_parts(model, teacher, args, train_dataset, task)
         task = parts.task
         #: the classes' names, exported with the student (hf_freqkd.class_names); None when nothing names them
@@ -382,6 +386,8 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, GradientClippin
         exported. The export (:meth:`save_student`) carries the last evaluation, if any; call
         :meth:`save_student` again after :meth:`evaluate` to put a later one on the model card.
         """
+        if self.starts_search_trial(trial):  # hyperparameter_search: each trial trains in a folder of its own
+            return self.train_search_trial(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
         resume = resolve_resume(resume_from_checkpoint)
         check_output_dir(self.args.output_dir, resume, self.run_record["settings"])
         self.accelerator.wait_for_everyone()  # every process has checked before the record is written

@@ -15,6 +15,7 @@ of any size stay finite.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,8 @@ class DKDOptions(MethodOptions):
     alpha: float = field(default=1.0, metadata={"help": "Weight of the target-class term TCKD (>= 0)."})
     beta: float = field(default=8.0, metadata={"help": "Weight of the non-target-class term NCKD (>= 0)."})
     temperature: float = field(default=4.0, metadata={"help": "Softmax temperature T (> 0)."})
+    #: what ``hf-freqkd tune`` varies by default (syntax: hf_freqkd/tune/space.py); alpha stays the paper's 1
+    search_space: ClassVar[dict[str, Any]] = {"beta": {"low": 1.0, "high": 16.0, "log": True}, "temperature": {"low": 1.0, "high": 8.0}}
 
     def __post_init__(self) -> None:
         super().__post_init__()

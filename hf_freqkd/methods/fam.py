@@ -65,7 +65,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -111,6 +111,8 @@ class FAMOptions(MethodOptions):
         metadata={"help": "Use the straightforward reference code (full fft2 + einsum, unfold attention): "
                           "same results, slower; for checking."},
     )
+    #: what ``hf-freqkd tune`` varies by default, for fam and fam_l2l (syntax: hf_freqkd/tune/space.py)
+    search_space: ClassVar[dict[str, Any]] = {"weight": {"low": 0.25, "high": 8.0, "log": True}, "high_pass_ratio": {"low": 0.0, "high": 0.3}}
 
     def __post_init__(self) -> None:
         super().__post_init__()

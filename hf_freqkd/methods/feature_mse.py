@@ -15,7 +15,7 @@ detection-distillation papers (FreeKD compares against it): the same levels as `
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,8 @@ class FeatureMSEOptions(MethodOptions):
     teacher_layers: Optional[list[str]] = field(
         default=None, metadata={"help": "Teacher layers imitated (module names). Default: every stage (every FPN level)."}
     )
+    #: what ``hf-freqkd tune`` varies by default (syntax: hf_freqkd/tune/space.py)
+    search_space: ClassVar[dict[str, Any]] = {"weight": {"low": 0.1, "high": 10.0, "log": True}}
 
     def __post_init__(self) -> None:
         super().__post_init__()

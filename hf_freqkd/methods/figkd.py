@@ -19,7 +19,7 @@ KL, T = 4, symmetric padding, natural class order, weight 4) are this library's 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Any, ClassVar, Literal, Union
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +70,14 @@ class FiGKDOptions(MethodOptions):
             f"periodization). auto = matrix up to {MATRIX_BACKEND_MAX_CLASSES} classes."
         },
     )
+    #: what ``hf-freqkd tune`` varies by default (syntax: hf_freqkd/tune/space.py); bands: all is kd,
+    #: which the search reports as kd (see equivalent)
+    search_space: ClassVar[dict[str, Any]] = {
+        "weight": {"low": 0.5, "high": 16.0, "log": True},
+        "temperature": {"low": 1.0, "high": 8.0},
+        "levels": {"low": 1, "high": 3},
+        "bands": ["high", "all"],
+    }
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -83,6 +91,14 @@ class FiGKDOptions(MethodOptions):
             require(len(self.bands) > 0, "bands", self.bands, "a non-empty list of band numbers")
             bad = [b for b in self.bands if not 0 <= b <= self.levels]
             require(not bad, "bands", self.bands, f"band numbers in 0..{self.levels} (0 = cA_{self.levels}, j = cD_j)")
+
+    def equivalent(self) -> tuple[str, dict[str, Any]] | None:
+        """``("kd", options)`` when these options compute exactly kd's loss: every band kept and the KL
+        taken on the reconstruction, which is then the logits themselves (whatever the wavelet, levels,
+        padding or class order: a permutation of both sides leaves the KL unchanged). Else None."""
+        if self.target == "highpass_kl" and self.band_numbers() == list(range(self.levels + 1)):
+            return "kd", {"weight": self.weight, "temperature": self.temperature}
+        return None
 
     def band_numbers(self) -> list[int]:
         if self.bands == "high":

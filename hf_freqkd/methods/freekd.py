@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -109,6 +109,9 @@ class FreeKDOptions(MethodOptions):
     prompt_report_batches: int = field(
         default=20, metadata={"help": "Stage 1: evaluation batches over which the task loss with and without prompts is reported."}
     )
+    #: what ``hf-freqkd tune`` varies by default (syntax: hf_freqkd/tune/space.py); with masks: prompts
+    #: the search fits the prompts once per stage-1 setting (hf_freqkd/tune/prompts.py)
+    search_space: ClassVar[dict[str, Any]] = {"weight": {"low": 0.25, "high": 8.0, "log": True}, "masks": ["prompts", "uniform"]}
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -8,6 +8,7 @@ keeps the gradient scale independent of T. The common CIFAR recipe is ``ce: {wei
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,8 @@ from .registry import register_method
 @dataclass
 class KDOptions(MethodOptions):
     temperature: float = field(default=4.0, metadata={"help": "Softmax temperature T (> 0)."})
+    #: what ``hf-freqkd tune`` varies by default (syntax: hf_freqkd/tune/space.py)
+    search_space: ClassVar[dict[str, Any]] = {"weight": {"low": 0.1, "high": 10.0, "log": True}, "temperature": {"low": 1.0, "high": 8.0}}
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -134,6 +134,21 @@ def test_the_cards_lines_classify_without_hf_freqkd_as_the_library_does(named_di
     np.testing.assert_allclose(result["logits"], first.numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_loading_an_export_where_hf_freqkd_is_installed_does_not_import_it(named_digits_run, tmp_path):
+    folder = named_digits_run / "run" / "student"
+    script = (
+        "import json, sys\nfrom transformers import pipeline\n"
+        f"predict = pipeline('image-classification', model={str(folder)!r}, trust_remote_code=True)\n"
+        "print(json.dumps({'imported': sorted(name for name in sys.modules if name.split('.')[0] == 'hf_freqkd')}))\n"
+    )
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "hf_modules")}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # The carried files register their networks in timm once, under the export's own module names.
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"imported": []}
+    assert "Overwriting" not in result.stderr
+
+
 def test_a_student_timm_knows_carries_no_code_and_loads_without_trusting_any(tmp_path):
     student = timm.create_model("test_resnet", num_classes=3).eval()
     student.hf_freqkd_model_args = {}

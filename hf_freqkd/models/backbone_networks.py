@@ -12,11 +12,19 @@ from torch import nn
 
 from timm.models import build_model_with_cfg, resolve_pretrained_cfg
 
-try:
-    from hf_freqkd.errors import ModelError
-except ImportError:
-    # This file also travels inside exported students (hf_freqkd.export), loaded without hf_freqkd.
-    ModelError = ValueError
+
+def _model_error() -> type[ValueError]:
+    """hf_freqkd's ModelError (exit code 2 at its command line) inside hf_freqkd; a ValueError when this
+    file travels inside an exported student (hf_freqkd.remote_code), so that loading an export never
+    imports hf_freqkd, installed or not. By name: transformers checks an export's import statements."""
+    if __name__.startswith("hf_freqkd."):
+        from importlib import import_module
+
+        return import_module("hf_freqkd.errors").ModelError
+    return ValueError
+
+
+ModelError = _model_error()
 
 _WEIGHT_SOURCES = ("file", "url", "hf_hub_id", "state_dict")
 

@@ -35,6 +35,7 @@ from ..sources import (
 )
 from .digits import DIGITS_NAME, load_digits_dataset
 from .fine_grained import FINE_GRAINED_NAME, load_fine_grained_dataset, parse_fine_grained_config
+from .local_folder import load_local_folder, scan_folder
 from ..teacher_cache import VIEW_EPOCH, VIEW_ROW
 from .seeding import ROW_INDEX_COLUMN, SeededAugmentation, with_row_index
 from .shapes_detection import SHAPES_DETECTION_NAME, load_shapes_detection, parse_shapes_detection_config
@@ -90,14 +91,15 @@ def _load_local_dataset(path: Path, dataset: str, config_name: str | None):
             raise DataError(f"dataset '{dataset}' is a file but not a .parquet file; expected {DATASET_SOURCES}")
         _check_parquet_has_rows([path], dataset)
         return datasets.load_dataset("parquet", data_files={"train": str(path)})
-    parquet_files = sorted(path.glob("**/*.parquet"))
+    scan = scan_folder(path)
+    parquet_files = scan.ending_with(".parquet")
     if parquet_files:
         _check_parquet_has_rows(parquet_files, dataset)
     try:
-        # datasets' own inference, as for a Hub id: the README's configs, else splits from file and folder
-        # names (train-*.parquet / test-*.parquet, data/validation-00000-of-00001.parquet, train/<class>/...),
-        # the builder (parquet, imagefolder, ...) from the most common file type.
-        return datasets.load_dataset(str(path), config_name)
+        # datasets' inference, as for a Hub id, on one scan of the tree: the README's configs, else splits from
+        # file and folder names (train-*.parquet / test-*.parquet, data/validation-00000-of-00001.parquet,
+        # train/<class>/...), the builder (parquet, imagefolder, ...) from the most common file type.
+        return load_local_folder(path, config_name, scan)
     except datasets.data_files.EmptyDatasetError:
         raise DataError(
             f"dataset folder '{dataset}' holds no image files: expected the imagefolder layout "

@@ -18,6 +18,8 @@ PRIVATE_TRAINER_OVERRIDES: dict[str, tuple[str, ...]] = {
     "_get_output_dir": ("self", "trial"),
     "_remove_unused_columns": ("self", "dataset", "description"),
     "_clip_grad_norm": ("self", "model"),
+    # hf_freqkd.tune.trainer_search: a trial's settings applied, then what follows them (methods, cache, state)
+    "_hp_search_setup": ("self", "trial"),
 }
 
 __all__ = [

@@ -205,6 +205,7 @@ class HyperparameterSearch:
 
         return model_num_classes(self.student)
 
+    # Private Trainer override: the one place a trial's settings reach args, after model_init and before training.
     def _hp_search_setup(self, trial) -> None:
         from transformers.trainer_utils import HPSearchBackend
 

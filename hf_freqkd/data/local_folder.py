@@ -62,6 +62,11 @@ class FolderScan:
         return "\n".join(self.files)
 
     @cached_property
+    def has_line_breaks(self) -> bool:
+        """Whether a file name holds a line break (datasets' file filter drops those files)."""
+        return self.listing.count("\n") != len(self.files) - 1
+
+    @cached_property
     def tails(self) -> list[str]:
         """Each file's tail; only asked for when the counts do not settle a question."""
         return [(parts := name[name.rfind("/") + 1 :].partition("."))[1] + parts[2] for name in self.files]
@@ -291,8 +296,9 @@ def infer_module(scan: FolderScan, splits: dict[str, Sequence[int]], path: str) 
 def _keep_for_module(scan: FolderScan, indices: Sequence[int], module: str) -> Sequence[int]:
     """datasets' ``DataFilesList.filter`` for the module: its extensions and its metadata files.
 
-    A file with one of the extensions among its suffixes passes that filter's expression for sure;
-    the others (a few, if any) are put to the expression itself, on the absolute path as datasets does.
+    A file with one of the extensions among its suffixes passes that filter's expression for sure,
+    unless its name holds a line break (the expression's ``.*`` stops there); the others (a few, if
+    any) are put to the expression itself, on the absolute path as datasets does.
     """
     from datasets.data_files import DataFilesList
     from datasets.packaged_modules import _MODULE_TO_EXTENSIONS, _MODULE_TO_METADATA_EXTENSIONS, _MODULE_TO_METADATA_FILE_NAMES
@@ -300,6 +306,8 @@ def _keep_for_module(scan: FolderScan, indices: Sequence[int], module: str) -> S
     extensions = _MODULE_TO_EXTENSIONS[module] + _MODULE_TO_METADATA_EXTENSIONS[module]
     known = set(extensions)
     certain = _keep_by_suffixes(scan, indices, lambda suffixes: any(suffix in known for suffix in suffixes))
+    if scan.has_line_breaks:
+        certain = [index for index in certain if "\n" not in scan.files[index]]
     if len(certain) == len(indices):
         return indices
     certain = set(certain)
@@ -387,15 +395,18 @@ def plain_image_folder(scan: FolderScan, splits: dict[str, Sequence[int]]):
     features = datasets.Features({"image": datasets.Image()})
     if labelled[0]:
         features["label"] = datasets.ClassLabel(names=sorted(classes))
-    # All paths through one string: Arrow splits it faster than it converts a list of Python strings.
-    relative = pc.list_flatten(pc.split_pattern(pa.array([scan.listing]), "\n"))
-    paths = pc.binary_join_element_wise(f"{scan.root}/", relative, "")
+    if not scan.has_line_breaks:
+        # All paths through one string: Arrow splits it faster than it converts a list of Python strings.
+        relative = pc.list_flatten(pc.split_pattern(pa.array([scan.listing]), "\n"))
+        paths = pc.binary_join_element_wise(f"{scan.root}/", relative, "")
+    else:  # a file name with a line break in it
+        paths = pa.array(scan.absolute(range(len(scan.files))), pa.string())
+    class_of_folder = np.array([features["label"].str2int(name) for name in folder_classes] if labelled[0] else [], dtype=np.int64)
     result = {}
     for split, indices in splits.items():
         split_paths = paths if isinstance(indices, range) else paths.take(pa.array(_as_array(indices)))
         columns = {"image": pa.StructArray.from_arrays([pa.nulls(len(indices), pa.binary()), split_paths], ["bytes", "path"])}
         if labelled[0]:
-            class_of_folder = np.array([features["label"].str2int(name) for name in folder_classes], dtype=np.int64)
             columns["label"] = pa.array(class_of_folder[folder_of_files[_as_array(indices)]])
         result[split] = datasets.Dataset(
             pa.table(columns).cast(features.arrow_schema),

@@ -165,6 +165,13 @@ def test_a_card_with_configs_is_left_to_datasets(tmp_path, monkeypatch):
     assert got["train"].num_rows == 2
 
 
+def test_a_file_name_with_a_line_break_is_dropped_as_datasets_drops_it(tmp_path):
+    # datasets' file filter (a regular expression whose ".*" stops at a line break) leaves it out.
+    make_images(tmp_path / "pets", ["cat/1.png", "cat/two\nlines.png", "dog/1.png"])
+    got = assert_same_as_datasets(tmp_path / "pets")
+    assert got["train"].num_rows == 2
+
+
 def test_a_linked_folder_is_followed_once(tmp_path):
     root = tmp_path / "pets"
     make_images(root, ["cat/1.png", "dog/1.png"])

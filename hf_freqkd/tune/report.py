@@ -94,7 +94,10 @@ def trial_row(trial, space, trials) -> TrialRow:
         notes.append(f"pruned after epoch {attrs.get(EPOCHS, 0):g}")
     if state == "failed" and attrs.get(ERROR):
         notes.append(attrs[ERROR])
-    return trial_settings_row(trial.number, settings, trial.value, state, float(attrs.get(SECONDS, 0.0)), "; ".join(notes), trial.params)
+    value = trial.value
+    if state == "pruned" and value is None and trial.intermediate_values:
+        value = trial.intermediate_values[max(trial.intermediate_values)]  # its last evaluation
+    return trial_settings_row(trial.number, settings, value, state, float(attrs.get(SECONDS, 0.0)), "; ".join(notes), trial.params)
 
 
 def study_rows(study, space) -> list[TrialRow]:
@@ -291,11 +294,13 @@ def plot_trials(rows: list[TrialRow], importances, reference: dict | None, label
     colours = dict(zip(methods, plt.get_cmap("tab10").colors))
     markers = {"complete": "o", "pruned": "x", "failed": "v"}
     for method in methods:
+        labelled = False
         for state, marker in markers.items():
             points = [(row.number, 100 * row.objective) for row in rows if row.method == method and row.state == state and row.objective is not None]
             if points:
                 xs, ys = zip(*points)
-                left.scatter(xs, ys, color=colours[method], marker=marker, label=method if state == "complete" else None, s=36)
+                left.scatter(xs, ys, color=colours[method], marker=marker, label=None if labelled else method, s=36)
+                labelled = True
     failed = [row.number for row in rows if row.objective is None]
     finished = [row for row in rows if row.state == "complete" and row.objective is not None]
     if finished:

@@ -46,6 +46,7 @@ from optuna.trial import TrialState
 from transformers.trainer_utils import HPSearchBackend
 
 from ..errors import BadInputError, ConfigError, TrainingError
+from ..output_dir import write_record
 from .config import TuneConfig, load_tune_config
 from .prompts import reads_fitted_prompts
 from .space import Choice, reported_methods, settings_key
@@ -409,6 +410,11 @@ class Tuner:
             return self._train(trial)
         except (TrainingError, BadInputError) as error:
             trial.set_user_attr(ERROR, " ".join(str(error).split())[:500])
+            raise
+        except optuna.TrialPruned:
+            # The trainer recorded the stop as a failure; the trial's folder says what it was.
+            record = {key: value for key, value in self.trainer.run_record.items() if key != "error"}
+            write_record(self.trainer._get_output_dir(trial), {**record, "status": "pruned", "pruned_at_epoch": self.trainer.state.epoch})
             raise
         finally:
             trial.set_user_attr(SECONDS, time.perf_counter() - start - self.trainer.search_prompt_seconds)

@@ -4,6 +4,7 @@ duplicates, the report and best.yaml."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -112,6 +113,8 @@ def test_a_trial_below_the_median_is_pruned_at_its_first_evaluation(tune_config)
     assert pruned.state.name == "PRUNED"
     assert pruned.user_attrs["epochs"] == 1.0 and len(pruned.intermediate_values) == 1  # 1 of 3 epochs
     assert "pruned after epoch 1" in lines[-1]
+    record = json.loads((tuner.config.output_dir / "trial-001" / "hf_freqkd_run.json").read_text())
+    assert record["status"] == "pruned" and record["pruned_at_epoch"] == 1.0
 
 
 def test_a_diverging_trial_is_recorded_as_failed_and_the_search_goes_on(tune_config):

@@ -308,9 +308,9 @@ class Tuner:
         if policy is None:
             return None
         base = self._fixed_base_methods()
-        for name, specs in self.space.methods.items():
-            options = corner_options(name, specs)[0]
-            methods = {**base, name: options}
+        for name, specs in self.space.methods.items() or [(None, {})]:  # no candidates: the methods of every trial
+            options = corner_options(name, specs)[0] if name is not None else {}
+            methods = {**base, name: options} if name is not None else base
             probe = copy.copy(self.trainer.args)
             policy.apply(probe, methods)
             if probe.teacher_cache is None or reads_fitted_prompts(name, options):
@@ -553,6 +553,8 @@ def removed_if_new(folder: Path):
 
 def run_workers(config: TuneConfig, storage_url: str, workers: int, log) -> None:
     """``workers`` processes of this machine run trials of the study side by side, each on its share of the cores."""
+    if config.source is None:
+        raise ConfigError("workers read the tune config from its file: give the search a config file (--config) to run several workers")
     context = multiprocessing.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // workers)
     processes = [

@@ -83,7 +83,8 @@ def test_a_search_killed_mid_trial_and_run_again_ends_with_the_uninterrupted_tri
 
 
 def test_two_workers_share_one_study_and_never_train_the_same_settings_twice(tune_config, tmp_path, capsys):
-    config = tune_config({"n_trials": 3})
+    # Trials of a few seconds: the second worker, starting a moment after the first, still finds one to train.
+    config = tune_config({"n_trials": 3}, num_train_epochs=6)
     assert main(["tune", "--config", str(config), "--workers", "2"]) == 0
     trials = [t for t in study_of(tmp_path / SEARCH).trials if "over_budget" not in t.user_attrs]
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3

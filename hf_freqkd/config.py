@@ -368,6 +368,10 @@ class DataArguments:
     )
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N training rows."})
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Read a parquet file / folder of parquet shards or a Hub id as a stream (datasets IterableDataset) instead of loading it; needs max_steps (see docs/scale.md, Streaming)."},
+    )
 
     def __post_init__(self) -> None:
         self.class_names = _yaml_if_string(self.class_names, "class_names")

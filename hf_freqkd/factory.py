@@ -112,6 +112,9 @@ def build_distillation(
     task = resolve_task(task, student)
     task.check_models(student, teacher)
     task.check_methods(methods)
+    if not hasattr(train_dataset, "__len__"):
+        # A stream (datasets.IterableDataset) is not read ahead to look at its first row: its labels are checked as rows arrive.
+        train_dataset = None
     task.check_training_rows(train_dataset)
 
     student_info = backbone_info(student)

@@ -54,7 +54,7 @@ from .layers.frequency_prompts import (
     save_prompts,
 )
 from .methods.freekd import FreeKD, FreeKDOptions, resolve_teacher_layers
-from .errors import DataError, MethodOptionsError, ModelError
+from .errors import ConfigError, DataError, MethodOptionsError, ModelError
 from .factory import check_finite_weights, first_training_input, load_teacher, probe_feature_shapes
 from .models.features import HIDDEN_STATES, FeatureExtractor, FrozenTeacher, backbone_info, default_feature_layers
 from .models.loading import is_transformers_model
@@ -482,6 +482,11 @@ def run_fit_prompts(config_path: str | None = None, overrides: list[str] | None 
     from .output_dir import check_output_path
 
     args, model_args, data_args = parse_config(config_path, overrides)
+    if data_args.streaming:
+        raise ConfigError(
+            "fit-prompts reads the training images by index and cannot read a stream: run it with streaming=false "
+            "(the distill run may stream the same data)"
+        )
     if "freekd" not in args.methods:
         raise MethodOptionsError(
             f"fit-prompts fits the prompts of the freekd method, but the config's methods are {', '.join(args.methods)}: "

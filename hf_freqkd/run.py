@@ -14,6 +14,7 @@ from typing import Any
 
 from .config import DataArguments, DistillationConfig, ModelArguments, config_to_dict, parse_config
 from .data.loading import generated_class_names, load_image_dataset, pick_split, seeded_subset
+from .data.streaming import check_streaming_arguments, with_streamed_image_transform
 from .errors import BadInputError, ConfigError, DataError, HubUploadError, MethodOptionsError
 from .output_dir import RUN_RECORD  # noqa: F401  (re-exported: where a run's record lives)
 from .output_dir import check_output_dir, check_output_path, removed_if_left_empty, training_settings
@@ -55,6 +56,7 @@ def prepare_run(
         raise ConfigError(f"mode '{mode}' is invalid: expected 'teacher' or 'distill'")
     base = {"methods": {"ce": {}}} if mode == "teacher" else {}
     args, model_args, data_args = parse_config(config_path, overrides, defaults={**base, **(defaults or {})})
+    check_streaming_arguments(args, data_args)
     if mode == "teacher":
         extra = [name for name in args.methods if name != "ce"]
         if extra:
@@ -99,9 +101,18 @@ class RunData:
     #: names given in the config, else the generated set's where its labels carry none; None lets the
     #: trainer read them from the data (hf_freqkd.class_names)
     class_names: list[str] | None = None
+    #: train and eval are ``datasets.IterableDataset`` streams (hf_freqkd.data.streaming)
+    streaming: bool = False
 
     def formatted(self, input_config: dict[str, Any], augmentation: str):
         """(train dataset, eval dataset or None) yielding ``pixel_values`` and ``labels``."""
+        if self.streaming:
+            columns = (self.image_column, self.label_column)
+            train = with_streamed_image_transform(self.train, *columns, input_config, True, augmentation, self.num_classes)
+            evaluation = None
+            if self.eval is not None:
+                evaluation = with_streamed_image_transform(self.eval, *columns, input_config, False, "none", self.num_classes)
+            return train, evaluation
         train = self.transform(self.train, self.image_column, self.label_column, input_config, training=True, augmentation=augmentation)
         evaluation = None
         if self.eval is not None:
@@ -115,11 +126,13 @@ def load_run_data(args: DistillationConfig, model_args: ModelArguments, data_arg
     Shared by ``train-teacher``/``distill`` and FreeKD's ``fit-prompts``, so the teacher sees the
     same images in both stages.
     """
-    data = load_image_dataset(data_args.dataset, data_args.dataset_config_name, args.trust_remote_code)
+    data = load_image_dataset(data_args.dataset, data_args.dataset_config_name, args.trust_remote_code, streaming=data_args.streaming)
     splits = list(data)
     train_split = pick_split(splits, data_args.train_split, "train", ["train"])
     eval_split = pick_split(splits, data_args.eval_split, "eval", ["validation", "valid", "val", "test"])
     train_data = data[train_split]
+    if data_args.streaming:
+        return _streamed_run_data(data, train_split, eval_split, model_args, data_args, splits)
     if len(train_data) == 0:
         raise DataError(f"the train split '{train_split}' of dataset '{data_args.dataset}' is empty; point dataset at data with images")
     task_data = get_task(data_args.task).data_functions(train_data, data_args, model_args.num_classes)
@@ -151,6 +164,29 @@ def load_run_data(args: DistillationConfig, model_args: ModelArguments, data_arg
         check_labels(eval_data, label_column, num_classes, eval_split)
     class_names = data_args.class_names or generated_class_names(data_args.dataset, data_args.dataset_config_name)
     return RunData(train_data, eval_data, image_column, label_column, num_classes, splits, transform, class_names)
+
+
+def _streamed_run_data(data, train_split: str, eval_split: str | None, model_args: ModelArguments, data_args: DataArguments, splits: list[str]) -> RunData:
+    """RunData of streamed splits: columns and classes from the declared features; labels are checked as rows
+    arrive; ``max_eval_samples`` keeps the first N evaluation rows (``take``), not a seeded draw."""
+    import datasets
+
+    from .data.loading import detect_columns
+
+    train_data, eval_data = data[train_split], data[eval_split] if eval_split else None
+    _, label_column = detect_columns(train_data, data_args.image_column, data_args.label_column)
+    if not model_args.num_classes and not isinstance((train_data.features or {}).get(label_column), datasets.ClassLabel):
+        raise ConfigError(
+            f"streaming: the label column '{label_column}' declares no ClassLabel, and a stream cannot be read ahead "
+            "to count its classes; set num_classes"
+        )
+    task_data = get_task(data_args.task).data_functions(train_data, data_args, model_args.num_classes)
+    if eval_data is not None and data_args.max_eval_samples:
+        eval_data = eval_data.take(data_args.max_eval_samples)
+    return RunData(
+        train_data, eval_data, task_data.image_column, task_data.label_column, task_data.num_classes, splits,
+        task_data.transform, data_args.class_names, streaming=True,
+    )
 
 
 def input_config_for(model, data_args: DataArguments) -> dict[str, Any]:

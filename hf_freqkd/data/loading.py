@@ -51,12 +51,18 @@ LOCAL_DATASET_SOURCES = f"{_FILES_AND_FOLDERS}, or a generated set ({', '.join(G
 DATASET_SOURCES = f"{_FILES_AND_FOLDERS}, a generated set ({', '.join(GENERATED_DATASETS)}) or a Hub dataset id (ORG/NAME)"
 
 
-def load_image_dataset(dataset: str, config_name: str | None = None, trust_remote_code: bool = False):
+def load_image_dataset(dataset: str, config_name: str | None = None, trust_remote_code: bool = False, streaming: bool = False):
     """Return a ``datasets.DatasetDict`` for the dataset named by ``dataset``.
 
     A local name is told from a Hub id before anything is downloaded (see :mod:`hf_freqkd.sources`):
     a mistyped folder is reported as missing, with near names, instead of being looked up on the Hub.
+    ``streaming=True`` returns an ``IterableDatasetDict`` of a parquet file, a folder of parquet shards
+    or a Hub id, and refuses the rest (:func:`hf_freqkd.data.streaming.load_streaming_dataset`).
     """
+    if streaming:
+        from .streaming import load_streaming_dataset
+
+        return load_streaming_dataset(dataset, config_name, trust_remote_code)
     if dataset == DIGITS_NAME:
         return load_digits_dataset()
     if dataset == FINE_GRAINED_NAME:
@@ -107,7 +113,7 @@ def _load_local_dataset(path: Path, dataset: str, config_name: str | None):
         ) from None
 
 
-def _load_hub_dataset(dataset: str, config_name: str | None, trust_remote_code: bool):
+def _load_hub_dataset(dataset: str, config_name: str | None, trust_remote_code: bool, streaming: bool = False):
     import datasets
 
     instead = f"give {LOCAL_DATASET_SOURCES}"
@@ -115,7 +121,7 @@ def _load_hub_dataset(dataset: str, config_name: str | None, trust_remote_code: 
     if unreachable:
         raise DataError(unreachable)
     try:
-        return datasets.load_dataset(dataset, config_name, trust_remote_code=trust_remote_code)
+        return datasets.load_dataset(dataset, config_name, trust_remote_code=trust_remote_code, streaming=streaming)
     except (FileNotFoundError, ConnectionError) as error:
         if is_hub_offline():
             raise DataError(hub_offline_message("dataset", dataset, instead)) from None
@@ -392,25 +398,32 @@ def with_image_transform(dataset, image_column: str, label_column: str, input_co
     runs timm's transform image by image (its RandomResizedCrop has no batched path here), and is
     several times slower per image.
     """
+    if training:
+        # Row indices seed the augmentation and name the views a teacher cache holds.
+        dataset = with_row_index(dataset)
+    dataset, transform = classification_transform(dataset, image_column, label_column, input_config, training, augmentation)
+    return dataset.with_transform(transform)
+
+
+def classification_transform(dataset, image_column: str, label_column: str, input_config: dict[str, Any], training: bool, augmentation: str):
+    """(``dataset`` with its images left undecoded, the :class:`ImageClassificationTransform` for it).
+
+    Shared by :func:`with_image_transform` and the streamed path (:mod:`hf_freqkd.data.streaming`).
+    """
     import datasets
 
     transform = build_image_transform(input_config, training, augmentation)
     seeding = batch_transform = None
-    if training:
-        # Row indices seed the augmentation and name the views a teacher cache holds.
-        dataset = with_row_index(dataset)
     if training and augmentation != "none":
         seeding = SeededAugmentation()  # DistillationTrainer sets its seed and epoch
     if training and augmentation in ("crop", "crop_flip"):
         batch_transform = SeededCropFlip(input_config, flip=augmentation == "crop_flip")
-    feature = dataset.features.get(image_column)
+    feature = (dataset.features or {}).get(image_column)
     if isinstance(feature, datasets.Image) and feature.decode:
         # Decode in the transform, not in datasets, so that a broken file is reported by name.
         dataset = dataset.cast_column(image_column, datasets.Image(mode=feature.mode, decode=False))
     else:
         feature = None
-    return dataset.with_transform(
-        ImageClassificationTransform(
-            image_column, label_column, transform, input_config["input_size"][0], feature, seeding, batch_transform
-        )
+    return dataset, ImageClassificationTransform(
+        image_column, label_column, transform, input_config["input_size"][0], feature, seeding, batch_transform
     )

@@ -119,6 +119,8 @@ def quiet_datasets():
 def dataset_seeding(dataset) -> SeededAugmentation | None:
     """The ``SeededAugmentation`` of a dataset formatted by ``with_image_transform``, if any."""
     transform = (getattr(dataset, "format", None) or {}).get("format_kwargs", {}).get("transform")
+    # A streamed dataset (hf_freqkd.data.streaming) has no format: it carries its transform itself.
+    transform = transform or getattr(dataset, "hf_freqkd_transform", None)
     return getattr(transform, "seeding", None)
 
 

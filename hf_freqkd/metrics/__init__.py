@@ -92,13 +92,19 @@ def compute_detection_metrics(eval_prediction, num_classes: int | None = None) -
     corners; rows with class < 0 (-100) are padding. ``num_classes``, when given, is checked against
     every class id. A score is -1 where COCO leaves it undefined (no reference box in that group).
     """
-    from ..errors import DataError, ModelError
-
     predictions = eval_prediction.predictions
     if isinstance(predictions, (tuple, list)):
         predictions = predictions[0]
+    return detection_scores(*detection_rows(predictions, eval_prediction.label_ids, num_classes))
+
+
+def detection_rows(predictions, references, num_classes: int | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Padded detection and reference arrays (see :func:`compute_detection_metrics`), checked, as
+    per-image rows without the padding."""
+    from ..errors import DataError, ModelError
+
     predictions = np.asarray(predictions, dtype=np.float32)
-    references = np.asarray(eval_prediction.label_ids, dtype=np.float32)
+    references = np.asarray(references, dtype=np.float32)
     if predictions.ndim != 3 or predictions.shape[-1] != 6:
         raise ModelError(
             f"detection predictions have shape {predictions.shape}: expected (images, detections, 6) rows of "
@@ -122,5 +128,10 @@ def compute_detection_metrics(eval_prediction, num_classes: int | None = None) -
                     f"detection {name} hold class ids {outside.tolist()[:5]}: "
                     f"expected integers in 0..{num_classes - 1} (or -100 for padding rows)"
                 )
+    return predictions, references
+
+
+def detection_scores(predictions: list[np.ndarray], references: list[np.ndarray]) -> dict[str, float]:
+    """COCO scores of per-image detection and reference rows (see :func:`detection_rows`)."""
     scores = load_detection_map_metric().compute(predictions=predictions, references=references)
     return {name: scores[name] for name in DETECTION_METRIC_NAMES}

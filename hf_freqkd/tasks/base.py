@@ -191,7 +191,9 @@ class Task:
         return nn.functional.cross_entropy(student.logits.float(), labels)
 
     def compute_metrics(self, num_classes: int, args) -> Callable:
-        """The Trainer's ``compute_metrics`` for this task (implemented by each task)."""
+        """The Trainer's ``compute_metrics`` for this task (implemented by each task). It takes
+        ``compute_result`` too, for ``batch_eval_metrics`` (:class:`hf_freqkd.metrics.batched.BatchedMetrics`);
+        a user's task that returns a plain function gets the Trainer's message when that is set."""
         raise NotImplementedError
 
     #: the Trainer's ``preprocess_logits_for_metrics``, or None to keep the logits

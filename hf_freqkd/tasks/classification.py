@@ -41,8 +41,10 @@ class ClassificationTask(Task):
 
     def compute_metrics(self, num_classes: int, args) -> Callable:
         from ..metrics import compute_classification_metrics
+        from ..metrics.batched import BatchedMetrics, ClassificationHits
 
-        return functools.partial(compute_classification_metrics, top_k=getattr(args, "eval_top_k", 5))
+        top_k = getattr(args, "eval_top_k", 5)
+        return BatchedMetrics(functools.partial(compute_classification_metrics, top_k=top_k), lambda: ClassificationHits(top_k))
 
     def card_metric_names(self, metrics: dict[str, Any]) -> dict[str, tuple[str, str]]:
         names = super().card_metric_names(metrics)

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..errors import DataError, ModelError
+from ..errors import DataError, MethodOptionsError, ModelError
 from ..types import LogitsAndFeatures
 from .base import Task, TaskData, register_task
 
@@ -99,6 +99,14 @@ class DetectionTask(Task):
                 "that give both detectors the same levels"
             )
 
+    def check_methods(self, methods) -> None:
+        super().check_methods(methods)
+        if any(method.name == "ce" and getattr(method.options, "label_smoothing", 0) for method in methods):
+            raise MethodOptionsError(
+                "label smoothing (label_smoothing_factor, methods.ce.label_smoothing) applies to cross-entropy: a "
+                "detector's label term is its own loss; unset it"
+            )
+
     def check_training_rows(self, dataset) -> None:
         labels = self.first_training_labels(dataset)
         if labels is None:
@@ -134,5 +142,6 @@ class DetectionTask(Task):
 
     def compute_metrics(self, num_classes: int, args) -> Callable:
         from ..metrics import compute_detection_metrics
+        from ..metrics.batched import BatchedMetrics, DetectionRows
 
-        return functools.partial(compute_detection_metrics, num_classes=num_classes)
+        return BatchedMetrics(functools.partial(compute_detection_metrics, num_classes=num_classes), lambda: DetectionRows(num_classes))

@@ -63,6 +63,10 @@ class SegmentationTask(Task):
         return TaskData(*segmentation_data_functions(train_data, data_args, num_classes))
 
     def compute_metrics(self, num_classes: int, args) -> Callable:
-        from ..metrics import compute_segmentation_metrics
+        from ..metrics import SEGMENTATION_IGNORE_LABEL, compute_segmentation_metrics
+        from ..metrics.batched import BatchedMetrics, SegmentationConfusion
 
-        return functools.partial(compute_segmentation_metrics, num_classes=num_classes)
+        return BatchedMetrics(
+            functools.partial(compute_segmentation_metrics, num_classes=num_classes),
+            lambda: SegmentationConfusion(num_classes, SEGMENTATION_IGNORE_LABEL),
+        )

@@ -39,6 +39,9 @@ class Distiller(nn.Module):
     methods the shapes of their features.
     """
 
+    #: the input the Trainer reads for ``include_for_metrics: [inputs]`` (transformers' vision models' name)
+    main_input_name = "pixel_values"
+
     def __init__(self, student: FeatureExtractor, methods: list[DistillationMethod], task: Task):
         super().__init__()
         self.student = student
@@ -73,6 +76,40 @@ class Distiller(nn.Module):
                 terms[name] = value * scale
         loss = torch.stack([value.float() for value in terms.values()]).sum()
         return DistillerOutput(loss=loss, logits=student.logits, loss_terms=terms)
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, every_n_layers: int = 1, offload: bool = False) -> None:
+        """Checkpoint the student's blocks: what the Trainer calls for ``gradient_checkpointing`` /
+        ``activation_checkpointing`` (:mod:`hf_freqkd.models.activation_checkpointing`). The teacher is
+        not a submodule and is never checkpointed; the methods' modules are small and are not either."""
+        from .models.activation_checkpointing import enable_activation_checkpointing
+
+        enable_activation_checkpointing(self.student.model, activation_checkpointing_kwargs, every_n_layers, offload)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs) -> None:
+        """transformers 4's name of :meth:`activation_checkpointing_enable`."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    def activation_checkpointing_disable(self) -> None:
+        from .models.activation_checkpointing import disable_activation_checkpointing
+
+        disable_activation_checkpointing(self.student.model)
+
+    gradient_checkpointing_disable = activation_checkpointing_disable
+
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """The student's repeated blocks, by class name: what FSDP's transformer-based auto wrap
+        (``fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP``) shards one by one, so that a process gathers
+        one block's weights at a time. transformers students name theirs; for timm students, the classes
+        of the stage modules of ``feature_info`` (a ViT's blocks, a ConvNeXt's stages)."""
+        model = self.student.model
+        names = getattr(model, "_no_split_modules", None)
+        if names:
+            return list(names)
+        plain = (nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.Identity)
+        modules = dict(model.named_modules())
+        stages = [modules[name] for name in self.student.info.stage_layers if name in modules]
+        return list(dict.fromkeys(type(stage).__name__ for stage in stages if not isinstance(stage, plain)))
 
     @property
     def leaves_parameters_unused(self) -> bool:

@@ -90,6 +90,9 @@ class FeatureExtractor(nn.Module):
         self.as_maps = as_maps
         self.layers = tuple(dict.fromkeys(layers))
         self._captured: dict[str, torch.Tensor] = {}
+        # True during forward: activation checkpointing runs the hooked blocks again in the backward
+        # pass, and those recomputed outputs must not be kept until the next forward.
+        self._capturing = False
         self._hooks = []
         known = dict(model.named_modules())
         for name in self.layers:
@@ -118,6 +121,8 @@ class FeatureExtractor(nn.Module):
 
     def _capture_hook(self, name: str):
         def hook(module: nn.Module, args, output) -> None:
+            if not self._capturing:
+                return
             # transformers layers return tuples, whole sub-models a ModelOutput; the hidden state comes first.
             if isinstance(output, ModelOutput):
                 output = output.to_tuple()
@@ -128,6 +133,14 @@ class FeatureExtractor(nn.Module):
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> LogitsAndFeatures:
         """Logits and features; ``labels`` reach only networks that compute their own losses (detectors)."""
         self._captured = {}
+        self._capturing = True
+        try:
+            return self._forward(pixel_values, labels)
+        finally:
+            self._capturing = False
+            self._captured = {}
+
+    def _forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None) -> LogitsAndFeatures:
         losses = None
         if getattr(self.model, "is_detection_model", False):
             # A detector's losses need the boxes, and come from the same forward as the features.
@@ -147,7 +160,6 @@ class FeatureExtractor(nn.Module):
         if self.as_maps:
             size = tuple(pixel_values.shape[-2:])
             features = {name: self.info.to_map(value, size) for name, value in features.items()}
-        self._captured = {}
         return LogitsAndFeatures(logits=logits, features=features, losses=losses)
 
 

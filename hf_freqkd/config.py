@@ -45,6 +45,9 @@ class DistillationConfig(TrainingArguments):
             Load the teacher's pretrained weights from its source (the Hub for timm names).
         teacher_model_kwargs (`dict`, *optional*):
             Extra keyword arguments for the teacher's constructor (timm ``create_model``).
+        teacher_torch_compile (`bool`, *optional*):
+            Compile the teacher's forward with ``torch.compile`` (``torch_compile_backend`` / ``_mode``).
+            Unset: as ``torch_compile`` (which compiles the Distiller).
 
     Parameters that control the distillation:
         methods (`dict`, defaults to `{"kd": {}}`):
@@ -95,6 +98,12 @@ class DistillationConfig(TrainingArguments):
     Parameters that control evaluation:
         eval_top_k (`int`, defaults to 5): k of the reported top-k accuracy.
 
+    ``transformers.TrainingArguments`` fields are honoured as in transformers or refused when the
+    config is read, each for a stated reason (:mod:`hf_freqkd.training.contract`): NEFTune, Liger
+    kernels and the other language-model options, for instance. ``label_smoothing_factor`` becomes the
+    ``ce`` term's ``label_smoothing`` (a different ``methods.ce.label_smoothing`` is refused); the
+    evaluation loss stays plain cross-entropy.
+
     Parameters that control safety:
         trust_remote_code (`bool`, defaults to `False`): allow transformers models whose code lives
             on the Hub. Off unless you turn it on.
@@ -129,6 +138,9 @@ class DistillationConfig(TrainingArguments):
     teacher_pretrained: bool = field(default=False, metadata={"help": "Load the teacher's pretrained weights."})
     teacher_model_kwargs: Optional[Union[dict, str]] = field(
         default=None, metadata={"help": "Extra constructor keyword arguments for the teacher (YAML mapping)."}
+    )
+    teacher_torch_compile: Optional[bool] = field(
+        default=None, metadata={"help": "torch.compile the teacher's forward; unset: as torch_compile."}
     )
     methods: Union[dict, str] = field(
         default_factory=lambda: {"kd": {}},
@@ -175,7 +187,12 @@ class DistillationConfig(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        from .training.contract import check_training_arguments
+        from .training.distributed import check_launcher
+
+        check_training_arguments(self)
         self.methods = normalize_method_specs(_yaml_if_string(self.methods, "methods"))
+        self._label_smoothing_on_ce()
         # Build once to validate every option now, before any model, data or file is touched.
         build_methods(self.methods)
         self.teacher_model_kwargs = _yaml_if_string(self.teacher_model_kwargs, "teacher_model_kwargs") or {}
@@ -211,8 +228,31 @@ class DistillationConfig(TrainingArguments):
         if self.max_steps <= 0 and not (math.isfinite(self.num_train_epochs) and self.num_train_epochs > 0):
             raise ConfigError(f"num_train_epochs = {self.num_train_epochs} is invalid: expected a number > 0 (or set max_steps)")
         self._bf16_on_cpu_when_no_accelerator()
+        check_launcher(self)
         self._dataloader_defaults()
         super().__post_init__()
+        from .models.activation_checkpointing import check_checkpointing_options
+
+        check_checkpointing_options(getattr(self, "activation_checkpointing_kwargs", None) or self.gradient_checkpointing_kwargs)
+
+    def _label_smoothing_on_ce(self) -> None:
+        """``label_smoothing_factor`` is the ``ce`` term's ``label_smoothing``: the Distiller computes every
+        loss term, so the Trainer's own label smoother would never run."""
+        factor = self.label_smoothing_factor
+        if not factor:
+            return
+        ce = dict(self.methods.get("ce") or {})
+        own = ce.get("label_smoothing")
+        if own is not None and float(own) != float(factor):
+            raise ConfigError(
+                f"label_smoothing_factor = {factor} and methods.ce.label_smoothing = {own} disagree: both set the ce "
+                "term's label smoothing; keep one"
+            )
+        smoothed = {**ce, "label_smoothing": factor}
+        if "ce" in self.methods:
+            self.methods = {name: smoothed if name == "ce" else options for name, options in self.methods.items()}
+        else:  # first, where build_methods adds an unlisted ce: the loss terms keep their order
+            self.methods = {"ce": smoothed, **self.methods}
 
     def _check_teacher_cache(self) -> None:
         from .teacher_cache import CACHE_DTYPES

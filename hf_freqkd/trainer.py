@@ -33,6 +33,7 @@ from .models import FrozenTeacher
 from .output_dir import STUDENT_EXPORT_DIR, check_output_dir, resolve_resume, training_settings, write_record
 from .push import HubSettings
 from .training import AtomicCheckpoints, FormattedDatasets, GradientClippingCount, GradientClippingMonitor, LossTermMeans, NonFiniteLossGuard
+from .training.distributed import StudentSkeleton, fsdp_on_cpu, fsdp_version, full_state_dict, is_sharded, make_scalars_shardable, student_state
 from .tune.trainer_search import HyperparameterSearch, student_from_model_init
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,16 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, GradientClippin
             # the caller's args may serve another run, of other methods.
             args = copy.copy(args)
             args.ddp_find_unused_parameters = parts.distiller.leaves_parameters_unused
+        if getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing:
+            from .models.activation_checkpointing import check_activation_checkpointing
+
+            check_activation_checkpointing(parts.student, getattr(args, "activation_checkpointing_kwargs", None) or args.gradient_checkpointing_kwargs)
+        # The ce term smooths the labels (DistillationConfig put label_smoothing_factor there); the
+        # Trainer's own label smoother would read a model config the Distiller has not, and never run.
+        label_smoothing = args.label_smoothing_factor
+        if label_smoothing:
+            args = copy.copy(args)
+            args.label_smoothing_factor = 0.0
         output_dir_is_new = not os.path.exists(args.output_dir)
         super().__init__(
             model=parts.distiller,
@@ -114,11 +125,15 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, GradientClippin
             compute_metrics=compute_metrics or task.compute_metrics(parts.num_classes, args),
             **kwargs,
         )
+        self.args.label_smoothing_factor = label_smoothing
         self.task = task
         # Every term is a per-batch mean: the Trainer divides by the accumulation steps.
         self.loss_is_scaled_for_ga = False
-        # Inference-only preparation: device placement and mixed precision, no DDP wrapper.
-        self.teacher = self.accelerator.prepare_model(parts.teacher, evaluation_mode=True) if parts.teacher is not None else None
+        self.teacher = self._prepare_teacher(parts.teacher) if parts.teacher is not None else None
+        #: a sharded run's student architecture, into which the main process gathers the weights to export
+        self._export_skeleton = StudentSkeleton(parts.student) if is_sharded(self.accelerator) and self.is_world_process_zero() else None
+        if is_sharded(self.accelerator):
+            make_scalars_shardable(parts.distiller)
         seeding = dataset_seeding(train_dataset)
         if seeding is not None:
             seeding.seed = args.data_seed if args.data_seed is not None else args.seed
@@ -147,6 +162,41 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, GradientClippin
             ", ".join(parts.distiller.methods),
             parts.distiller.trainable_method_parameters(),
         )
+
+    def create_accelerator_and_postprocess(self) -> None:
+        # Accelerate drops an FSDP2 plugin in CPU processes; hf_freqkd.training.distributed keeps it.
+        with fsdp_on_cpu(fsdp_version(self.args) == 2 and self.args.use_cpu):
+            super().create_accelerator_and_postprocess()
+        #: bf16 / fp16 under FSDP2 through autocast, as with DDP or one process (float32 master weights and the
+        #: float32 FFTs and wavelets of the methods inside), not through FSDP2 casting the parameters
+        self._autocast_sharded = self.is_fsdp_enabled and fsdp_version(self.args) == 2 and self.accelerator.mixed_precision in ("bf16", "fp16")
+        if self._autocast_sharded:
+            from torch.distributed.fsdp import MixedPrecisionPolicy
+
+            self.accelerator.state.fsdp_plugin.mixed_precision_policy = MixedPrecisionPolicy()
+
+    def compute_loss_context_manager(self):
+        stack = super().compute_loss_context_manager()
+        if self._autocast_sharded:  # Accelerate wraps the forward of DDP's and one process's model in autocast, not FSDP2's
+            stack.enter_context(self.accelerator.autocast())
+        return stack
+
+    def _prepare_teacher(self, teacher: FrozenTeacher) -> nn.Module:
+        """Inference-only preparation: device placement (under FSDP too, where Accelerate leaves models
+        where they are) and mixed precision, no DDP or FSDP wrapper; compiled per teacher_torch_compile."""
+        from accelerate.utils import DistributedType, is_compiled_module
+
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            from .training.distributed import prepare_deepspeed_teacher
+
+            return prepare_deepspeed_teacher(teacher, self.accelerator)  # an inference engine, as TRL's trainers do
+        teacher = self.accelerator.prepare_model(teacher, device_placement=True, evaluation_mode=True)
+        compile_teacher = self.args.torch_compile if self.args.teacher_torch_compile is None else self.args.teacher_torch_compile
+        if is_compiled_module(teacher) and not compile_teacher:
+            teacher = teacher._orig_mod  # Accelerate compiles every prepared model when torch_compile is set
+        elif compile_teacher and not is_compiled_module(teacher):
+            teacher = torch.compile(teacher, backend=self.args.torch_compile_backend or "inductor", mode=self.args.torch_compile_mode)
+        return teacher
 
     @staticmethod
     def _distillation_parts(model, teacher, args: DistillationConfig, train_dataset, task=None) -> DistillationParts:
@@ -448,18 +498,24 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, GradientClippin
         from .export import export_student
 
         metrics = dict(metrics or {})
+        student = self._student_to_export()
         problem = None
         updates = self.state.global_step
         if updates and self.skipped_steps >= updates:
             problem = f"every one of the {updates} updates was skipped as non-finite (nonfinite_loss: skip): nothing was trained"
         else:
             try:
-                check_finite_weights(self.student, "student", f"the run in {self.args.output_dir}")
+                if student is not None:
+                    check_finite_weights(student, "student", f"the run in {self.args.output_dir}")
             except ValueError:
                 problem = "the student's final weights hold NaN or inf"
             loss = metrics.get("eval_loss")
             if problem is None and isinstance(loss, float) and not math.isfinite(loss):
                 problem = f"the student's evaluation loss is {loss} (its outputs are not finite)"
+        if is_sharded(self.accelerator):  # only the main process holds the whole student: its verdict counts
+            from accelerate.utils import broadcast_object_list
+
+            problem = broadcast_object_list([problem])[0]
         if problem is not None:
             self._write_run_record(status="failed", error=problem, metrics={})
             raise TrainingError(
@@ -472,9 +528,17 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, GradientClippin
         if self.is_world_process_zero():
             write_record(self.args.output_dir, self.run_record)
             model_name = (self.hub_settings.repo_id or "").split("/")[-1] or Path(self.args.output_dir).resolve().name
-            export_student(self.student, folder, self.run_record, model_name)
+            export_student(student, folder, self.run_record, model_name)
         self.accelerator.wait_for_everyone()
         return folder
+
+    def _student_to_export(self) -> nn.Module | None:
+        """The student network to export: :attr:`student`, or in a sharded run (FSDP) its shards gathered
+        by every process (each must call this) into a whole network on the main process (None elsewhere)."""
+        if not is_sharded(self.accelerator):
+            return self.student
+        state = student_state(full_state_dict(self.accelerator, self.model))
+        return self._export_skeleton.filled(state) if self._export_skeleton is not None else None
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         """Save the student alone (timm / transformers format + model card) to ``output_dir``.
@@ -488,8 +552,9 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, GradientClippin
         from .export import export_student
 
         folder = output_dir or self.args.output_dir
+        student = self._student_to_export()
         if self.is_world_process_zero():
-            export_student(self.student, folder, self.run_record, Path(folder).resolve().name)
+            export_student(student, folder, self.run_record, Path(folder).resolve().name)
         self.accelerator.wait_for_everyone()
 
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:

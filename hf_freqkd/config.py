@@ -45,6 +45,9 @@ class DistillationConfig(TrainingArguments):
             Load the teacher's pretrained weights from its source (the Hub for timm names).
         teacher_model_kwargs (`dict`, *optional*):
             Extra keyword arguments for the teacher's constructor (timm ``create_model``).
+        teacher_sharding (`bool`, defaults to `False`):
+            FSDP2 runs: shard the frozen teacher across the processes for inference (each keeps 1/N of
+            its weights and gathers one block at a time) instead of a whole copy in every process.
         teacher_torch_compile (`bool`, *optional*):
             Compile the teacher's forward with ``torch.compile`` (``torch_compile_backend`` / ``_mode``).
             Unset: as ``torch_compile`` (which compiles the Distiller).
@@ -138,6 +141,9 @@ class DistillationConfig(TrainingArguments):
     teacher_pretrained: bool = field(default=False, metadata={"help": "Load the teacher's pretrained weights."})
     teacher_model_kwargs: Optional[Union[dict, str]] = field(
         default=None, metadata={"help": "Extra constructor keyword arguments for the teacher (YAML mapping)."}
+    )
+    teacher_sharding: bool = field(
+        default=False, metadata={"help": "FSDP2 runs: shard the frozen teacher across the processes instead of replicating it."}
     )
     teacher_torch_compile: Optional[bool] = field(
         default=None, metadata={"help": "torch.compile the teacher's forward; unset: as torch_compile."}

@@ -98,18 +98,18 @@ class Distiller(nn.Module):
 
     @property
     def _no_split_modules(self) -> list[str]:
-        """The student's repeated blocks, by class name: what FSDP's transformer-based auto wrap
-        (``fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP``) shards one by one, so that a process gathers
-        one block's weights at a time. transformers students name theirs; for timm students, the classes
-        of the stage modules of ``feature_info`` (a ViT's blocks, a ConvNeXt's stages)."""
-        model = self.student.model
-        names = getattr(model, "_no_split_modules", None)
-        if names:
-            return list(names)
-        plain = (nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.Identity)
-        modules = dict(model.named_modules())
-        stages = [modules[name] for name in self.student.info.stage_layers if name in modules]
-        return list(dict.fromkeys(type(stage).__name__ for stage in stages if not isinstance(stage, plain)))
+        """The blocks, by class name, that FSDP's transformer-based auto wrap (``fsdp_auto_wrap_policy:
+        TRANSFORMER_BASED_WRAP``) shards one by one, so that a process gathers one block's weights at a
+        time: the student's (transformers students name theirs; for timm students, the classes of the
+        stage modules of ``feature_info``: a ViT's blocks, a ConvNeXt's stages) and the methods' per-layer
+        modules (FAM's stages, whose frequency filters can outweigh the student)."""
+        names = self.student.block_classes()
+        for method in self.methods.values():
+            for child in method.children():
+                if isinstance(child, (nn.ModuleList, nn.ModuleDict)):
+                    # A method's own classes only: torch layers (its 1x1 adapters) would match the student's too.
+                    names += [type(layer).__name__ for layer in child.children() if not type(layer).__module__.startswith("torch.")]
+        return list(dict.fromkeys(names))
 
     @property
     def leaves_parameters_unused(self) -> bool:

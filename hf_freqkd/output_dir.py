@@ -35,7 +35,7 @@ RESUMABLE_KEYS = {
     "output_dir", "resume_from_checkpoint", "run_name", "report_to", "disable_tqdm", "do_eval", "do_predict",
     "per_device_eval_batch_size", "prediction_loss_only", "load_best_model_at_end", "metric_for_best_model",
     "greater_is_better", "max_eval_samples", "use_cpu", "local_rank", "skip_memory_metrics", "debug",
-    "overwrite_output_dir", "include_num_input_tokens_seen", "trust_remote_code", "teacher_torch_compile",
+    "overwrite_output_dir", "include_num_input_tokens_seen", "trust_remote_code", "teacher_torch_compile", "teacher_sharding",
 }
 RESUMABLE_PREFIXES = (
     "logging_", "log_", "eval_", "save_", "hub_", "push_to_hub", "dataloader_", "ddp_", "fsdp", "deepspeed",

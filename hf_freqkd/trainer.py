@@ -33,7 +33,9 @@ from .models import FrozenTeacher
 from .output_dir import STUDENT_EXPORT_DIR, check_output_dir, resolve_resume, training_settings, write_record
 from .push import HubSettings
 from .training import AtomicCheckpoints, FormattedDatasets, GradientClippingCount, GradientClippingMonitor, LossTermMeans, NonFiniteLossGuard
-from .training.distributed import StudentSkeleton, fsdp_on_cpu, fsdp_version, full_state_dict, is_sharded, make_scalars_shardable, student_state
+from .training.distributed import (
+    StudentSkeleton, fsdp_on_cpu, fsdp_version, full_state_dict, is_sharded, make_scalars_shardable, shard_for_inference, student_state,
+)
 from .tune.trainer_search import HyperparameterSearch, student_from_model_init
 
 logger = logging.getLogger(__name__)
@@ -190,7 +192,9 @@ class DistillationTrainer(AtomicCheckpoints, NonFiniteLossGuard, GradientClippin
             from .training.distributed import prepare_deepspeed_teacher
 
             return prepare_deepspeed_teacher(teacher, self.accelerator)  # an inference engine, as TRL's trainers do
-        teacher = self.accelerator.prepare_model(teacher, device_placement=True, evaluation_mode=True)
+        if self.args.teacher_sharding:  # an FSDP2 run (DistillationConfig checked it)
+            shard_for_inference(teacher)
+        teacher = self.accelerator.prepare_model(teacher, device_placement=not self.args.teacher_sharding, evaluation_mode=True)
         compile_teacher = self.args.torch_compile if self.args.teacher_torch_compile is None else self.args.teacher_torch_compile
         if is_compiled_module(teacher) and not compile_teacher:
             teacher = teacher._orig_mod  # Accelerate compiles every prepared model when torch_compile is set

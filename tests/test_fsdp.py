@@ -75,6 +75,7 @@ if trainer.is_world_process_zero():
         "local_parameters": sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in trainer.model.parameters()),
         "student_checkpointing": is_activation_checkpointing(trainer.student),
         "teacher_wrapped": type(trainer.teacher).__name__,
+        "teacher_parameter_type": type(next(trainer.teacher.parameters())).__name__,
         "teacher_checkpointing": is_activation_checkpointing(trainer.teacher.model),
     }, open(f"{sys.argv[2]}/run.json", "w"))
 """
@@ -133,6 +134,16 @@ def test_fsdp2_shards_the_distiller_and_trains_the_same_student_as_ddp(fsdp_and_
 
     initial = load_model("test_vit", num_classes=10, model_kwargs={"img_size": 32})
     assert max((gathered[f"student.model.{k}"] - v).abs().max().item() for k, v in initial.state_dict().items()) > 1e-3
+
+
+def test_a_teacher_sharded_for_inference_trains_the_same_student(fsdp_and_ddp, tmp_path):
+    (fsdp, fsdp_dir), _ = fsdp_and_ddp
+    sharded, sharded_dir = launch(tmp_path, "sharded_teacher", FSDP2, teacher_sharding=True)
+    assert sharded["teacher_parameter_type"] == "DTensor" and fsdp["teacher_parameter_type"] == "Parameter"
+    torch.testing.assert_close(torch.tensor(sharded["losses"]), torch.tensor(fsdp["losses"]), rtol=1e-5, atol=1e-6)
+    expected, got = load_file(str(fsdp_dir / "gathered.safetensors")), load_file(str(sharded_dir / "gathered.safetensors"))
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, rtol=0, atol=1e-5, msg=key)
 
 
 def test_the_fsdp2_export_is_the_whole_gathered_student_and_reloads(fsdp_and_ddp):

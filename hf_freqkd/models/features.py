@@ -107,6 +107,18 @@ class FeatureExtractor(nn.Module):
                 )
             self._hooks.append(known[name].register_forward_hook(self._capture_hook(name)))
 
+    def block_classes(self) -> list[str]:
+        """Class names of the model's repeated blocks: transformers' ``_no_split_modules``, else the classes
+        of the stage modules of timm's ``feature_info`` (a ViT's blocks, a ConvNeXt's stages). FSDP
+        shards these one by one (see :attr:`hf_freqkd.distiller.Distiller._no_split_modules`)."""
+        names = list(getattr(self.model, "_no_split_modules", None) or [])
+        if names:
+            return names
+        plain = (nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.Identity)
+        modules = dict(self.model.named_modules())
+        stages = [modules[name] for name in self.info.stage_layers if name in modules]
+        return list(dict.fromkeys(type(stage).__name__ for stage in stages if not isinstance(stage, plain)))
+
     def _check_hidden_state_index(self, name: str) -> None:
         index = name[len(HIDDEN_STATES):]
         depth = len(default_feature_layers(self.model))

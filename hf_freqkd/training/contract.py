@@ -151,6 +151,8 @@ SUPPORTED: dict[str, str] = {
     "ddp_timeout": "process group timeout",
     "fsdp": "FSDP2 of the Distiller (the teacher stays outside, replicated); FSDP1 refused on the CPU",
     "fsdp_config": "FSDP options (version 2 on the CPU)",
+    "deepspeed": "DeepSpeed ZeRO (GPUs; untested), the teacher an inference engine; refused without an accelerator "
+    "or without deepspeed installed (hf_freqkd.training.distributed.check_launcher)",
     "debug": "underflow_overflow hooks every Distiller module",
     "skip_memory_metrics": "memory metrics in the Trainer's reports",
     # read by scripts, not by the Trainer
@@ -202,11 +204,6 @@ REFUSED: dict[str, Refusal] = {
         "tensor and context parallelism need a model with a tensor-parallel plan or sequence inputs; shard the "
         "Distiller with FSDP2 through accelerate launch instead (docs/scale.md)",
         example={"tp_size": 2},
-    ),
-    "deepspeed": Refusal(
-        "DeepSpeed is untested: it is not installed here and does not train on this CPU-only machine; use FSDP2 "
-        "(configs/accelerate/fsdp2.yaml, docs/scale.md)",
-        example="ds_config.json",
     ),
 }
 

@@ -70,6 +70,11 @@ def check_launcher(args: Any) -> None:
         # Without use_cpu, launched processes on a machine with no accelerator would each train alone:
         # with it they join a gloo group (and fsdp_on_cpu keeps Accelerate's FSDP2 for them).
         args.use_cpu = True
+    if getattr(args, "teacher_sharding", False) and (version != 2 or getattr(args, "teacher_cache", None)):
+        raise ConfigError(
+            "teacher_sharding = true shards the teacher with FSDP2: launch with --config_file "
+            f"{FSDP2_CONFIG} (or --use_fsdp --fsdp_version 2), and unset teacher_cache, which replaces the teacher"
+        )
     if uses_deepspeed(args):
         import importlib.util
 
@@ -112,6 +117,18 @@ def fsdp_on_cpu(enabled: bool = True):
         yield
     finally:
         AcceleratorState.__init__ = original
+
+
+def shard_for_inference(teacher) -> None:
+    """FSDP2 over a frozen teacher (a :class:`~hf_freqkd.models.FrozenTeacher`): each process keeps 1/N
+    of its weights and gathers one block at a time for its forward, freeing it after (no backward)."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    names = set(teacher.block_classes())
+    for module in reversed(list(teacher.model.modules())):  # blocks before the modules holding them
+        if type(module).__name__ in names and module is not teacher.model and not isinstance(module, FSDPModule):
+            fully_shard(module, reshard_after_forward=True)
+    fully_shard(teacher.model, reshard_after_forward=True)
 
 
 def teacher_deepspeed_config(training_config: dict[str, Any]) -> dict[str, Any]:

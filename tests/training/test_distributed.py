@@ -30,6 +30,11 @@ def test_fsdp2_and_launched_processes_without_an_accelerator_train_on_the_cpu(mo
     assert DistillationConfig(output_dir=str(tmp_path / "run")).use_cpu
 
 
+def test_a_sharded_teacher_needs_fsdp2(tmp_path):
+    with pytest.raises(ConfigError, match="teacher_sharding = true shards the teacher with FSDP2"):
+        DistillationConfig(output_dir=str(tmp_path / "run"), teacher_sharding=True)
+
+
 def test_deepspeed_is_refused_where_it_cannot_run(monkeypatch, tmp_path):
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     with pytest.raises(ConfigError, match="DeepSpeed.*FSDP2"):
